@@ -1,0 +1,288 @@
+"""Finding the foreign keys that reference a table (discovery).
+
+The graph of referencing keys is computed once per :class:`MetaData` and
+cached; it is rebuilt only when the schema or the set of mappers changes
+(tables, constraints or mappers created anywhere bump a global version).
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from sqlalchemy import (
+    Column,
+    ForeignKeyConstraint,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    UniqueConstraint,
+    event,
+    inspect,
+)
+from sqlalchemy.exc import ArgumentError, NoReferencedTableError
+from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.mapper import _all_registries
+
+AnyColumn = Column[Any]
+
+_versions = itertools.count(1)
+_schema_version = next(_versions)
+
+
+def _schema_changed(*_args: Any, **_kw: Any) -> None:
+    global _schema_version
+    _schema_version = next(_versions)
+
+
+for _target in (Table, ForeignKeyConstraint, UniqueConstraint, PrimaryKeyConstraint, Index):
+    event.listen(_target, "after_parent_attach", _schema_changed)
+event.listen(Mapper, "after_mapper_constructed", _schema_changed)
+
+
+@dataclass(frozen=True)
+class UniqueKey:
+    """A unique constraint, primary key or unique index of a referencing table."""
+
+    name: str
+    columns: tuple[AnyColumn, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ReferencingKey:
+    """One foreign key constraint that references a table.
+
+    ``columns`` are the referencing columns of :attr:`table`,
+    ``referred_columns`` the columns they point at, pairwise.  A composite
+    foreign key is one key.
+    """
+
+    constraint: ForeignKeyConstraint
+    table: Table
+    columns: tuple[AnyColumn, ...]
+    referred_table: Table
+    referred_columns: tuple[AnyColumn, ...]
+    unique_keys: tuple[UniqueKey, ...] = field(repr=False)
+    identity: tuple[AnyColumn, ...] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        """``table(col, ...)``, as shown in reports and errors."""
+        return f"{self.table.fullname}({', '.join(c.name for c in self.columns)})"
+
+    @property
+    def is_self_referential(self) -> bool:
+        return self.table is self.referred_table
+
+    @property
+    def sort_key(self) -> tuple[str, tuple[str, ...], str]:
+        return (
+            self.table.fullname,
+            tuple(c.name for c in self.columns),
+            self.referred_table.fullname,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ReferencingKey {self.name} -> {self.referred_table.fullname}>"
+
+
+def _unique_keys(table: Table) -> tuple[UniqueKey, ...]:
+    keys: list[UniqueKey] = []
+    if table.primary_key.columns:
+        keys.append(
+            UniqueKey(table.primary_key.name or f"{table.name} primary key",
+                      tuple(table.primary_key.columns))
+        )
+    for constraint in sorted(
+        (c for c in table.constraints if isinstance(c, UniqueConstraint)),
+        key=lambda c: tuple(col.name for col in c.columns),
+    ):
+        keys.append(
+            UniqueKey(constraint.name or f"unique ({', '.join(c.name for c in constraint.columns)})",
+                      tuple(constraint.columns))
+        )
+    for index in sorted(table.indexes, key=lambda i: i.name or ""):
+        partial = any(
+            opts.get("where") is not None for opts in index.dialect_options.values()
+        )
+        columns = tuple(index.columns)
+        if not index.unique or partial or len(columns) != len(index.expressions):
+            continue  # partial and expression indexes cannot be checked up front
+        keys.append(UniqueKey(str(index.name), columns))
+    return tuple(keys)
+
+
+def _identity(table: Table, unique_keys: Sequence[UniqueKey]) -> tuple[AnyColumn, ...]:
+    for key in unique_keys:
+        if all(not c.nullable for c in key.columns):
+            return key.columns
+    return tuple(table.columns)
+
+
+def _inheritance_constraints(mappers: Iterable[Mapper[Any]]) -> set[ForeignKeyConstraint]:
+    """Foreign keys that join a joined-inheritance subclass table to its parent.
+
+    They carry the row's own identity, not a reference, and are never re-pointed.
+    """
+    found: set[ForeignKeyConstraint] = set()
+    for mapper in mappers:
+        parent = mapper.inherits
+        if parent is None or mapper.local_table is parent.local_table:
+            continue
+        local = mapper.local_table
+        if not isinstance(local, Table):
+            continue
+        pk = set(local.primary_key.columns)
+        for fk in local.foreign_key_constraints:
+            if fk.referred_table in parent.tables and set(fk.columns) <= pk:
+                found.add(fk)
+    return found
+
+
+class ReferenceGraph:
+    """Every referencing key of one :class:`MetaData`, indexed by referred table."""
+
+    def __init__(self, metadata: MetaData) -> None:
+        self.metadata = metadata
+        self.version = _schema_version
+        self.table_count = len(metadata.tables)
+        self.mappers = sorted(
+            (
+                m
+                for reg in _all_registries()
+                for m in reg.mappers
+                if any(getattr(t, "metadata", None) is metadata for t in m.tables)
+            ),
+            key=lambda m: (m.class_.__module__, m.class_.__qualname__),
+        )
+        skip = _inheritance_constraints(self.mappers)
+        by_referred: dict[Table, list[ReferencingKey]] = {}
+        for table in metadata.tables.values():
+            unique_keys = _unique_keys(table)
+            identity = _identity(table, unique_keys)
+            for fk in table.foreign_key_constraints:
+                if fk in skip:
+                    continue
+                try:
+                    referred = fk.referred_table
+                    elements = fk.elements
+                    pairs = [(e.parent, e.column) for e in elements]
+                except NoReferencedTableError:
+                    continue  # points outside this MetaData
+                by_referred.setdefault(referred, []).append(
+                    ReferencingKey(
+                        constraint=fk,
+                        table=table,
+                        columns=tuple(p for p, _ in pairs),
+                        referred_table=referred,
+                        referred_columns=tuple(c for _, c in pairs),
+                        unique_keys=tuple(
+                            u for u in unique_keys if set(u.columns) & set(fk.columns)
+                        ),
+                        identity=identity,
+                    )
+                )
+        self.by_referred = {
+            t: sorted(keys, key=lambda k: k.sort_key) for t, keys in by_referred.items()
+        }
+        self.mappers_by_table: dict[Table, list[Mapper[Any]]] = {}
+        for mapper in self.mappers:
+            for table in mapper.tables:
+                if isinstance(table, Table):
+                    self.mappers_by_table.setdefault(table, []).append(mapper)
+        self._for_mapper: dict[Mapper[Any], tuple[ReferencingKey, ...]] = {}
+        self._held_by_mapper: dict[Mapper[Any], tuple[ReferencingKey, ...]] = {}
+
+    @property
+    def is_current(self) -> bool:
+        return (
+            self.version == _schema_version
+            and self.table_count == len(self.metadata.tables)
+        )
+
+    def keys_for_tables(self, tables: Iterable[Table]) -> tuple[ReferencingKey, ...]:
+        keys = [k for t in tables for k in self.by_referred.get(t, ())]
+        return tuple(sorted(keys, key=lambda k: k.sort_key))
+
+    def keys_for_mapper(self, mapper: Mapper[Any]) -> tuple[ReferencingKey, ...]:
+        """Keys that reference a row of ``mapper`` (its own and its ancestors' tables)."""
+        try:
+            return self._for_mapper[mapper]
+        except KeyError:
+            keys = self.keys_for_tables(t for t in mapper.tables if isinstance(t, Table))
+            self._for_mapper[mapper] = keys
+            return keys
+
+    def keys_held_by(self, mapper: Mapper[Any]) -> tuple[ReferencingKey, ...]:
+        """Keys whose referencing table is one of ``mapper``'s tables."""
+        try:
+            return self._held_by_mapper[mapper]
+        except KeyError:
+            tables = set(mapper.tables)
+            keys = tuple(
+                k for ks in self.by_referred.values() for k in ks if k.table in tables
+            )
+            self._held_by_mapper[mapper] = keys
+            return keys
+
+    def primary_mapper(self, table: Table) -> Mapper[Any] | None:
+        """The mapper that loads rows of ``table``: the base-most one mapping it locally."""
+        candidates = [
+            m for m in self.mappers_by_table.get(table, ()) if m.local_table is table
+        ]
+        for mapper in candidates:
+            if mapper.inherits is None or mapper.inherits.local_table is not table:
+                return mapper
+        return None
+
+
+_graphs: weakref.WeakKeyDictionary[MetaData, ReferenceGraph] = weakref.WeakKeyDictionary()
+
+
+def reference_graph(metadata: MetaData) -> ReferenceGraph:
+    """The cached :class:`ReferenceGraph` of ``metadata``."""
+    graph = _graphs.get(metadata)
+    if graph is None or not graph.is_current:
+        graph = _graphs[metadata] = ReferenceGraph(metadata)
+    return graph
+
+
+KeyTarget = Union[Table, Mapper[Any], type]
+
+
+def _resolve_target(target: Any) -> tuple[MetaData, list[Table], Mapper[Any] | None]:
+    if isinstance(target, Table):
+        return target.metadata, [target], None
+    mapper = inspect(target, raiseerr=False)
+    if isinstance(mapper, Mapper):
+        tables = [t for t in mapper.tables if isinstance(t, Table)]
+        if not tables:
+            raise ArgumentError(f"{mapper} maps no Table")
+        return tables[0].metadata, tables, mapper
+    raise ArgumentError(
+        f"expected a Table, a mapped class or a Mapper, got {target!r}"
+    )
+
+
+def referencing_keys(target: Any) -> tuple[ReferencingKey, ...]:
+    """Every foreign key that references ``target``, in a deterministic order.
+
+    ``target`` is a :class:`~sqlalchemy.schema.Table` (reflected ones too), a
+    mapped class or a :class:`~sqlalchemy.orm.Mapper`; for a mapped class of a
+    joined-inheritance hierarchy the keys to its own table and every ancestor
+    table are returned, never those to a sibling's table.
+
+    E.g.::
+
+        for key in referencing_keys(Customer):
+            print(key.name, "->", key.referred_table.name)
+    """
+    metadata, tables, mapper = _resolve_target(target)
+    graph = reference_graph(metadata)
+    if mapper is not None:
+        return graph.keys_for_mapper(mapper)
+    return graph.keys_for_tables(tables)

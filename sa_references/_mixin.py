@@ -1,0 +1,82 @@
+"""``ReferencesMixin``: ``merge_into`` and ``dependents`` as model methods."""
+
+from __future__ import annotations
+
+from ._dependents import Dependents, dependents
+from ._merge import OnConflict, OnSelfReference, merge_into
+from ._report import MergeReport
+from ._sync import SynchronizeMode
+
+
+class ReferencesMixin:
+    """Mixin for a declarative base: every model gets :meth:`merge_into` and :meth:`dependents`.
+
+    E.g.::
+
+        from sqlalchemy import ForeignKey
+        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+        from sa_references import ReferencesMixin
+
+
+        class Base(ReferencesMixin, DeclarativeBase):
+            pass
+
+
+        class Customer(Base):
+            __tablename__ = "customer"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            orders: Mapped[list["Order"]] = relationship(back_populates="customer")
+
+
+        class Order(Base):
+            __tablename__ = "order"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            customer_id: Mapped[int] = mapped_column(ForeignKey("customer.id"))
+            customer: Mapped[Customer] = relationship(back_populates="orders")
+
+
+        report = dupe.merge_into(keeper, delete=True)
+        assert keeper.dependents().count() == report.rowcount + keeper_orders_before
+
+    Both methods work through ``object_session(self)``.
+    """
+
+    __slots__ = ()
+
+    def merge_into(
+        self,
+        target: object,
+        *,
+        on_conflict: OnConflict = "raise",
+        delete: bool = False,
+        dry_run: bool = False,
+        synchronize_session: SynchronizeMode = "evaluate",
+        on_self_reference: OnSelfReference = "raise",
+    ) -> MergeReport:
+        """Re-point every reference to this object to ``target``.
+
+        Unrelated to :meth:`Session.merge() <sqlalchemy.orm.Session.merge>`.
+        See :func:`sa_references.merge_into` for the options.
+
+        E.g.::
+
+            report = dupe.merge_into(keeper, on_conflict="delete", delete=True)
+        """
+        return merge_into(
+            self,
+            target,
+            on_conflict=on_conflict,
+            delete=delete,
+            dry_run=dry_run,
+            synchronize_session=synchronize_session,
+            on_self_reference=on_self_reference,
+        )
+
+    def dependents(self) -> Dependents:
+        """The rows that reference this object (lazy; see :class:`Dependents`).
+
+        E.g.::
+
+            print(customer.dependents().count())
+        """
+        return dependents(self)

@@ -1,0 +1,387 @@
+"""Keeping the objects already loaded in a Session in step with re-pointed rows.
+
+After the UPDATEs of a merge ran, the identity map still holds the old
+values.  :func:`synchronize` brings it in line without emitting SQL, using
+only the ORM's public tools: :func:`~sqlalchemy.orm.attributes.set_committed_value`
+for what can be computed, and instance expiry for what cannot.
+
+- foreign key attributes of loaded referencing objects take the target's values;
+- many-to-one relationships that pointed at a source point at its target;
+- loaded one-to-many and many-to-many collections move from source to target
+  (both sides), rows left behind or deleted as conflicts are kept or dropped;
+- unflushed user changes are never overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from sqlalchemy import inspect
+from sqlalchemy.orm import InstanceState, Mapper, RelationshipProperty, Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.collections import collection_adapter
+from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
+
+from ._keys import AnyColumn, ReferenceGraph, ReferencingKey
+
+Values = tuple[Any, ...]
+SynchronizeMode = Union[Literal["evaluate", "fetch", "expire"], Literal[False]]
+SYNCHRONIZE_MODES: tuple[SynchronizeMode, ...] = ("evaluate", "fetch", "expire", False)
+Relationship = RelationshipProperty[Any]
+
+_NOT_LOADED = object()
+
+
+@dataclass
+class KeyMoves:
+    """What happened to the rows of one referencing key."""
+
+    key: ReferencingKey
+    #: source referred values -> target referred values
+    moves: dict[Values, Values]
+    #: identities of rows left on their source (ignored conflicts)
+    kept: set[Values] = field(default_factory=set)
+    #: identities of rows deleted as conflicts
+    deleted: set[Values] = field(default_factory=set)
+    #: identity -> new values of every moved row, when they were fetched
+    moved: dict[Values, Values] | None = None
+
+
+@dataclass
+class SyncResult:
+    touched: list[object] = field(default_factory=list)
+    removed: list[object] = field(default_factory=list)
+
+
+def column_values(
+    state: InstanceState[Any], columns: Sequence[AnyColumn], *, load: bool = False
+) -> Values | None:
+    """The values of ``columns`` on ``state`` (None when one is not loaded)."""
+    mapper = state.mapper
+    values = []
+    for column in columns:
+        try:
+            prop = mapper.get_property_by_column(column)
+        except Exception:
+            return None
+        if prop.key in state.dict:
+            values.append(state.dict[prop.key])
+        elif load:
+            values.append(getattr(state.obj(), prop.key))
+        else:
+            return None
+    return tuple(values)
+
+
+def _pairs(a: Sequence[AnyColumn], b: Sequence[AnyColumn]) -> set[tuple[AnyColumn, AnyColumn]]:
+    return set(zip(a, b))
+
+
+class _Relationships:
+    """The relationships of a mapper that follow one referencing key, by role."""
+
+    def __init__(self, mapper: Mapper[Any], key: ReferencingKey) -> None:
+        forward = _pairs(key.columns, key.referred_columns)
+        backward = _pairs(key.referred_columns, key.columns)
+        self.many_to_one: list[Relationship] = []
+        self.one_to_many: list[Relationship] = []
+        self.secondary_parent: list[Relationship] = []
+        self.secondary_item: list[Relationship] = []
+        for rel in mapper.relationships:
+            if rel.lazy in ("dynamic", "write_only", "noload"):
+                continue
+            if rel.secondary is None:
+                pairs = set(rel.local_remote_pairs or ())
+                if rel.direction is MANYTOONE and pairs == forward:
+                    self.many_to_one.append(rel)
+                elif rel.direction is ONETOMANY and pairs == backward:
+                    self.one_to_many.append(rel)
+            elif rel.secondary is key.table:
+                if set(rel.synchronize_pairs) == backward:
+                    self.secondary_parent.append(rel)
+                elif set(rel.secondary_synchronize_pairs) == backward:
+                    self.secondary_item.append(rel)
+
+
+_relationship_cache: dict[tuple[Mapper[Any], ReferencingKey], _Relationships] = {}
+
+
+def relationships(mapper: Mapper[Any], key: ReferencingKey) -> _Relationships:
+    try:
+        return _relationship_cache[(mapper, key)]
+    except KeyError:
+        rels = _relationship_cache[(mapper, key)] = _Relationships(mapper, key)
+        return rels
+
+
+def _members(state: InstanceState[Any], rel: Relationship) -> list[Any]:
+    value = state.dict[rel.key]
+    if not rel.uselist:
+        return [] if value is None else [value]
+    adapter = collection_adapter(value)
+    return list(adapter) if adapter is not None else list(value)
+
+
+def _set_members(obj: object, rel: Relationship, members: list[Any]) -> None:
+    if rel.uselist:
+        set_committed_value(obj, rel.key, members)
+    else:
+        set_committed_value(obj, rel.key, members[0] if members else None)
+
+
+class _Synchronizer:
+    def __init__(
+        self,
+        session: Session,
+        graph: ReferenceGraph,
+        pairs: Sequence[tuple[object, object]],
+        key_moves: Iterable[KeyMoves],
+        mode: SynchronizeMode,
+    ) -> None:
+        self.session = session
+        self.graph = graph
+        self.pairs = pairs
+        self.by_key = {km.key: km for km in key_moves}
+        self.mode = mode
+        self.target_of = {id(s): t for s, t in pairs}
+        self.result = SyncResult()
+        self._objects_by_values: dict[ReferencingKey, dict[Values, object]] = {}
+
+    # -- helpers ---------------------------------------------------------
+    def objects_by_values(self, key: ReferencingKey) -> dict[Values, object]:
+        try:
+            return self._objects_by_values[key]
+        except KeyError:
+            found: dict[Values, object] = {}
+            for source, target in self.pairs:
+                for obj in (source, target):
+                    values = column_values(inspect(obj), key.referred_columns)
+                    if values is not None:
+                        found[values] = obj
+            self._objects_by_values[key] = found
+            return found
+
+    def touch(self, obj: object) -> None:
+        self.result.touched.append(obj)
+
+    def expire(self, obj: object, attrs: Iterable[str]) -> None:
+        names = list(attrs)
+        if names:
+            self.session.expire(obj, names)
+            self.touch(obj)
+
+    @staticmethod
+    def fate(km: KeyMoves, identity: Values | None) -> str:
+        if identity is None:
+            return "unknown" if (km.kept or km.deleted) else "moved"
+        if identity in km.deleted:
+            return "deleted"
+        if identity in km.kept:
+            return "kept"
+        return "moved"
+
+    # -- objects holding referencing rows --------------------------------
+    def holder(self, state: InstanceState[Any], km: KeyMoves) -> None:
+        key = km.key
+        mapper = state.mapper
+        rels = relationships(mapper, key)
+        props = [mapper.get_property_by_column(c).key for c in key.columns]
+        if any(p in state.committed_state for p in props) or any(
+            r.key in state.committed_state for r in rels.many_to_one
+        ):
+            return  # unflushed user change: never overwritten
+        identity = column_values(state, key.identity)
+        current = column_values(state, key.columns)
+        if current is None:
+            for rel in rels.many_to_one:
+                value = state.dict.get(rel.key, _NOT_LOADED)
+                if value is not _NOT_LOADED and value is not None:
+                    current = column_values(inspect(value), key.referred_columns)
+                    break
+        if km.moved is not None:  # fetched: only the rows known to have moved
+            if identity is None:
+                if current in km.moves:
+                    self.expire(state.obj(), props + [r.key for r in rels.many_to_one])
+                return
+            new = km.moved.get(identity)
+            if new is None:
+                if identity in km.deleted:
+                    self.result.removed.append(state.obj())
+                return
+        else:
+            if current is None or current not in km.moves:
+                return
+            new = km.moves[current]
+            fate = self.fate(km, identity)
+            if fate == "deleted":
+                self.result.removed.append(state.obj())
+                return
+            if fate == "kept":
+                return
+            if fate == "unknown":
+                self.expire(state.obj(), props + [r.key for r in rels.many_to_one])
+                return
+        obj = state.obj()
+        if self.mode == "expire":
+            self.expire(obj, [p for p in props if p in state.dict]
+                        + [r.key for r in rels.many_to_one if r.key in state.dict])
+            return
+        for prop, value in zip(props, new):
+            if prop in state.dict:
+                set_committed_value(obj, prop, value)
+        for rel in rels.many_to_one:
+            if rel.key in state.dict:
+                target = self.objects_by_values(key).get(new)
+                if target is None:
+                    self.session.expire(obj, [rel.key])
+                else:
+                    set_committed_value(obj, rel.key, target)
+        self.touch(obj)
+
+    # -- many-to-many collections seen from the other side ---------------
+    def item(self, state: InstanceState[Any], km: KeyMoves, rel: Relationship) -> None:
+        if rel.key not in state.dict or rel.key in state.committed_state:
+            return
+        members = _members(state, rel)
+        if not any(id(m) in self.target_of for m in members):
+            return
+        obj = state.obj()
+        if self.mode == "expire":
+            self.expire(obj, [rel.key])
+            return
+        key = km.key
+        own = {sec: col for col, sec in rel.synchronize_pairs}
+        item_values = {sec: v for sec, v in zip(own, column_values(state, list(own.values())) or ())}
+        changed: list[Any] = []
+        for member in members:
+            target = self.target_of.get(id(member))
+            if target is None:
+                if member not in changed:
+                    changed.append(member)
+                continue
+            source_values = column_values(inspect(member), key.referred_columns) or ()
+            row = dict(zip(key.columns, source_values)) | item_values
+            identity = tuple(row[c] for c in key.identity) if all(c in row for c in key.identity) else None
+            fate = self.fate(km, identity)
+            if fate == "unknown":
+                self.expire(obj, [rel.key])
+                return
+            if fate == "kept":
+                changed.append(member)
+            elif fate == "moved" and target not in changed:
+                changed.append(target)
+        _set_members(obj, rel, changed)
+        self.touch(obj)
+
+    # -- collections of the sources and targets --------------------------
+    def parent(self, source: object, target: object, km: KeyMoves) -> None:
+        key = km.key
+        source_state, target_state = inspect(source), inspect(target)
+        rels = relationships(source_state.mapper, key)
+        for rel in rels.one_to_many:
+            self.parent_collection(source_state, target_state, km, rel, self.holder_identity)
+        for rel in rels.secondary_parent:
+            self.parent_collection(
+                source_state, target_state, km, rel, self.secondary_identity(km, rel, source_state)
+            )
+
+    @staticmethod
+    def holder_identity(member: object, km: KeyMoves) -> Values | None:
+        return column_values(inspect(member), km.key.identity)
+
+    @staticmethod
+    def secondary_identity(km: KeyMoves, rel: Relationship, source_state: InstanceState[Any]) -> Any:
+        key = km.key
+        source_values = dict(zip(key.columns, column_values(source_state, key.referred_columns) or ()))
+
+        def identity(member: object, _km: KeyMoves) -> Values | None:
+            other = {sec: col for col, sec in rel.secondary_synchronize_pairs}
+            values = column_values(inspect(member), list(other.values()))
+            if values is None:
+                return None
+            row = source_values | dict(zip(other, values))
+            if not all(c in row for c in key.identity):
+                return None
+            return tuple(row[c] for c in key.identity)
+
+        return identity
+
+    def parent_collection(
+        self,
+        source_state: InstanceState[Any],
+        target_state: InstanceState[Any],
+        km: KeyMoves,
+        rel: Relationship,
+        identity_of: Any,
+    ) -> None:
+        source, target = source_state.obj(), target_state.obj()
+        in_source = rel.key in source_state.dict and rel.key not in source_state.committed_state
+        in_target = rel.key in target_state.dict and rel.key not in target_state.committed_state
+        if self.mode == "expire" or not in_source:
+            if in_source:
+                self.expire(source, [rel.key])
+            if in_target:
+                self.expire(target, [rel.key])
+            return
+        moving, staying = [], []
+        for member in _members(source_state, rel):
+            if km.moved is not None and rel.secondary is None:
+                identity = identity_of(member, km)
+                fate = "moved" if identity in km.moved else (
+                    "deleted" if identity in km.deleted else "kept")
+            else:
+                fate = self.fate(km, identity_of(member, km))
+            if fate == "unknown":
+                self.expire(source, [rel.key])
+                if in_target:
+                    self.expire(target, [rel.key])
+                return
+            if fate == "moved":
+                moving.append(member)
+            elif fate == "kept":
+                staying.append(member)
+        _set_members(source, rel, staying)
+        self.touch(source)
+        if not in_target or not moving:
+            return
+        current = _members(target_state, rel)
+        if rel.order_by or (not rel.uselist and current):
+            self.expire(target, [rel.key])
+            return
+        _set_members(target, rel, current + [m for m in moving if m not in current])
+        self.touch(target)
+
+    # -- the whole pass ----------------------------------------------------
+    def run(self) -> SyncResult:
+        if self.mode is False or not self.by_key:
+            return self.result
+        for state in list(self.session.identity_map.all_states()):
+            if state.obj() is None:
+                continue
+            mapper = state.mapper
+            for key in self.graph.keys_held_by(mapper):
+                km = self.by_key.get(key)
+                if km is not None:
+                    self.holder(state, km)
+            for km in self.by_key.values():
+                for rel in relationships(mapper, km.key).secondary_item:
+                    self.item(state, km, rel)
+        for source, target in self.pairs:
+            source_mapper = inspect(source).mapper
+            for km in self.by_key.values():
+                if km.key.referred_table in source_mapper.tables:
+                    self.parent(source, target, km)
+        return self.result
+
+
+def synchronize(
+    session: Session,
+    graph: ReferenceGraph,
+    pairs: Sequence[tuple[object, object]],
+    key_moves: Iterable[KeyMoves],
+    mode: SynchronizeMode,
+) -> SyncResult:
+    """Bring the identity map in line with re-pointed rows (see the module docstring)."""
+    return _Synchronizer(session, graph, pairs, key_moves, mode).run()
