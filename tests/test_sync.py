@@ -1,0 +1,233 @@
+"""Objects already loaded agree with the database after a merge, without SELECTs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect, select, update
+from sqlalchemy.orm import Session
+
+from sa_references import merge_into
+from tests.models import Customer, Group, Order, Profile, Review, customer_group
+
+
+@pytest.fixture
+def loaded(session: Session) -> dict[str, Any]:
+    """Two customers with orders, groups and reviews, everything loaded."""
+    dupe, keeper = Customer(name="dupe"), Customer(name="keeper")
+    vip, news = Group(name="vip"), Group(name="news")
+    dupe.groups = [vip, news]
+    keeper.groups = [vip]
+    orders = [Order(customer=dupe, note="d1"), Order(customer=dupe, note="d2"),
+              Order(customer=keeper, note="k1")]
+    reviews = [Review(author=dupe, stars=5), Review(author=dupe, stars=4),
+               Review(author=keeper, stars=5)]
+    session.add_all([dupe, keeper, vip, news, *orders, *reviews])
+    session.flush()
+    session.expire_all()
+    # load everything the user would have loaded
+    for obj in (dupe, keeper, vip, news, *orders, *reviews):
+        session.refresh(obj)
+    for obj in (dupe, keeper):
+        obj.orders, obj.groups, obj.reviews  # noqa: B018
+    for group in (vip, news):
+        group.members  # noqa: B018
+    for order in orders:
+        order.customer  # noqa: B018
+    for review in reviews:
+        review.author  # noqa: B018
+    return {"dupe": dupe, "keeper": keeper, "vip": vip, "news": news,
+            "orders": orders, "reviews": reviews}
+
+
+def test_everything_synced_without_select(session: Session, loaded: dict[str, Any], statements: Any) -> None:
+    dupe, keeper, vip, news = loaded["dupe"], loaded["keeper"], loaded["vip"], loaded["news"]
+    d1, d2, k1 = loaded["orders"]
+    r5, r4, k5 = loaded["reviews"]
+    dupe.merge_into(keeper, on_conflict="delete")
+    with statements() as log:
+        assert d1.customer_id == keeper.id and d2.customer_id == keeper.id
+        assert d1.customer is keeper and d2.customer is keeper and k1.customer is keeper
+        assert dupe.orders == []
+        assert keeper.orders == [k1, d1, d2]
+        assert dupe.groups == []
+        assert sorted(g.name for g in keeper.groups) == ["news", "vip"]
+        assert vip.members == [keeper]  # the clashing association row was deleted
+        assert news.members == [keeper]
+        assert dupe.reviews == []
+        assert keeper.reviews == [k5, r4]
+        assert r4.author is keeper
+    assert log.sql == []
+    assert r5 not in session  # deleted as a conflict
+    # and it is what the database says
+    session.expire_all()
+    assert sorted(o.note for o in keeper.orders) == ["d1", "d2", "k1"]
+    assert sorted(g.name for g in keeper.groups) == ["news", "vip"]
+    assert [c.name for c in vip.members] == ["keeper"]
+
+
+def test_ignore_keeps_clashing_members_on_source(session: Session, loaded: dict[str, Any], statements: Any) -> None:
+    dupe, keeper, vip = loaded["dupe"], loaded["keeper"], loaded["vip"]
+    r5 = loaded["reviews"][0]
+    dupe.merge_into(keeper, on_conflict="ignore")
+    with statements() as log:
+        assert dupe.groups == [vip]
+        assert sorted(c.name for c in vip.members) == ["dupe", "keeper"]
+        assert dupe.reviews == [r5] and r5.author is dupe
+    assert log.sql == []
+    session.expire_all()
+    assert [g.name for g in dupe.groups] == ["vip"]
+    assert sorted(c.name for c in vip.members) == ["dupe", "keeper"]
+
+
+def test_sqlalchemy_evaluate_leaves_relationships_stale(session: Session, loaded: dict[str, Any]) -> None:
+    """What the ORM's own synchronize_session='evaluate' does, and what we do instead."""
+    dupe, keeper = loaded["dupe"], loaded["keeper"]
+    d1 = loaded["orders"][0]
+    session.execute(
+        update(Order).where(Order.customer_id == dupe.id).values(customer_id=keeper.id),
+        execution_options={"synchronize_session": "evaluate"},
+    )
+    assert d1.customer_id == keeper.id
+    assert d1.customer is dupe  # stale
+    assert d1 in dupe.orders and d1 not in keeper.orders  # stale
+    session.rollback()
+
+
+def test_delete_after_merge_keeps_moved_rows(session: Session, loaded: dict[str, Any]) -> None:
+    dupe, keeper = loaded["dupe"], loaded["keeper"]
+    dupe.merge_into(keeper, on_conflict="delete")
+    session.delete(dupe)
+    session.flush()
+    session.expire_all()
+    assert sorted(o.note for o in keeper.orders) == ["d1", "d2", "k1"]
+
+
+def test_source_collection_unloaded_target_loaded_expires(session: Session) -> None:
+    dupe, keeper = Customer(name="d"), Customer(name="k")
+    session.add_all([dupe, keeper, Order(customer=dupe), Order(customer=keeper)])
+    session.flush()
+    session.expire(dupe, ["orders"])
+    assert len(keeper.orders) == 1
+    dupe.merge_into(keeper)
+    assert "orders" not in inspect(keeper).dict  # cannot be computed: expired
+    assert len(keeper.orders) == 2
+
+
+def test_target_collection_unloaded(session: Session) -> None:
+    dupe, keeper = Customer(name="d"), Customer(name="k")
+    order = Order(customer=dupe)
+    session.add_all([dupe, keeper, order])
+    session.flush()
+    session.expire(keeper, ["orders"])
+    dupe.merge_into(keeper)
+    assert dupe.orders == []
+    assert keeper.orders == [order]
+
+
+def test_foreign_key_loaded_relationship_not(session: Session, statements: Any) -> None:
+    dupe, keeper = Customer(name="d"), Customer(name="k")
+    order = Order(customer=dupe)
+    session.add_all([dupe, keeper, order])
+    session.flush()
+    session.expire(order, ["customer"])
+    session.expire(dupe, ["orders"])
+    dupe.merge_into(keeper)
+    with statements() as log:
+        assert order.customer_id == keeper.id
+        assert order.customer is keeper  # many-to-one from the identity map, no SQL
+    assert log.sql == []
+
+
+def test_relationship_loaded_foreign_key_expired(session: Session) -> None:
+    dupe, keeper = Customer(name="d"), Customer(name="k")
+    order = Order(customer=dupe)
+    session.add_all([dupe, keeper, order])
+    session.flush()
+    session.expire(order, ["customer_id"])
+    assert "customer" in inspect(order).dict
+    dupe.merge_into(keeper)
+    assert order.customer is keeper
+    assert order.customer_id == keeper.id
+
+
+def test_one_to_one_synced(session: Session) -> None:
+    dupe, keeper = Customer(name="d"), Customer(name="k")
+    profile = Profile(customer=dupe)
+    session.add_all([dupe, keeper, profile])
+    session.flush()
+    assert keeper.profile is None
+    dupe.merge_into(keeper)
+    assert keeper.profile is profile and dupe.profile is None and profile.customer is keeper
+
+
+def test_self_referential_collections(session: Session, statements: Any) -> None:
+    dupe, keeper = Customer(name="d"), Customer(name="k")
+    kid = Customer(name="kid", referrer=dupe)
+    session.add_all([dupe, keeper, kid])
+    session.flush()
+    assert dupe.referrals == [kid] and keeper.referrals == []
+    dupe.merge_into(keeper)
+    with statements() as log:
+        assert kid.referrer is keeper
+        assert keeper.referrals == [kid] and dupe.referrals == []
+    assert log.sql == []
+
+
+@pytest.mark.parametrize("mode", ["evaluate", "fetch", "expire"])
+def test_synchronize_modes_agree_with_database(session: Session, loaded: dict[str, Any], mode: str) -> None:
+    dupe, keeper, vip = loaded["dupe"], loaded["keeper"], loaded["vip"]
+    d1 = loaded["orders"][0]
+    merge_into(dupe, keeper, on_conflict="delete", synchronize_session=mode)  # type: ignore[arg-type]
+    assert d1.customer is keeper and d1.customer_id == keeper.id
+    assert sorted(o.note for o in keeper.orders) == ["d1", "d2", "k1"]
+    assert dupe.orders == []
+    assert vip.members == [keeper]
+    assert sorted(g.name for g in keeper.groups) == ["news", "vip"]
+
+
+def test_fetch_updates_objects_with_unloaded_keys(session: Session) -> None:
+    dupe, keeper = Customer(name="d"), Customer(name="k")
+    order = Order(customer=dupe)
+    session.add_all([dupe, keeper, order])
+    session.flush()
+    session.expire(order)
+    dupe.merge_into(keeper, synchronize_session="fetch")
+    assert order.customer is keeper
+
+
+def test_expire_mode_expires(session: Session, loaded: dict[str, Any]) -> None:
+    dupe, keeper = loaded["dupe"], loaded["keeper"]
+    d1 = loaded["orders"][0]
+    dupe.merge_into(keeper, on_conflict="delete", synchronize_session="expire")
+    assert "customer_id" not in inspect(d1).dict
+    assert "orders" not in inspect(keeper).dict
+
+
+def test_synchronize_false_leaves_memory_alone(session: Session, loaded: dict[str, Any]) -> None:
+    dupe, keeper = loaded["dupe"], loaded["keeper"]
+    d1 = loaded["orders"][0]
+    dupe.merge_into(keeper, on_conflict="delete", synchronize_session=False)
+    assert d1.customer_id == dupe.id  # stale, as documented
+    session.expire_all()
+    assert d1.customer_id == keeper.id
+
+
+def test_unflushed_change_survives(session: Session) -> None:
+    dupe, keeper, other = Customer(name="d"), Customer(name="k"), Customer(name="o")
+    order = Order(customer=dupe, note="n")
+    session.add_all([dupe, keeper, other, order])
+    session.flush()
+    order.customer = other  # unflushed: flushed first, then not moved
+    dupe.merge_into(keeper)
+    assert order.customer is other
+    session.expire_all()
+    assert order.customer is other
+
+
+def test_association_rows_in_database(session: Session, loaded: dict[str, Any]) -> None:
+    dupe, keeper = loaded["dupe"], loaded["keeper"]
+    dupe.merge_into(keeper, on_conflict="delete")
+    rows = session.execute(select(customer_group.c.customer_id)).scalars().all()
+    assert set(rows) == {keeper.id} and len(rows) == 2
