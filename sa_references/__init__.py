@@ -48,10 +48,10 @@ usable.  On pysqlite a real ``BEGIN`` is issued first when the driver has no
 transaction open, so that ``session.rollback()`` still undoes the merge.
 """
 
-from ._dependents import Dependents, KeyDependents, dependents
+from ._dependents import Dependents, KeyDependents, dependents, row_dependents
 from ._errors import MergeConflictError, ReferencesError
 from ._keys import ReferencingKey, UniqueKey, referencing_keys
-from ._merge import merge_into
+from ._merge import merge_into, merge_rows
 from ._mixin import ReferencesMixin
 from ._report import Conflict, KeyResult, MergeReport
 
@@ -68,7 +68,9 @@ __all__ = [
     "UniqueKey",
     "dependents",
     "merge_into",
+    "merge_rows",
     "referencing_keys",
+    "row_dependents",
 ]
 
 __version__ = "0.1.0"

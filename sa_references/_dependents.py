@@ -2,72 +2,75 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, inspect, select
+from sqlalchemy import Connection, Select, Table, false, func, inspect, select
 from sqlalchemy.orm import Mapper, Session
 
 from . import _statements as sql
 from ._errors import ReferencesError
-from ._keys import ReferenceGraph, ReferencingKey, reference_graph
-from ._merge import instance_state, referred_values
+from ._keys import AnyColumn, ReferenceGraph, ReferencingKey, reference_graph
+from ._merge import fetch_row, instance_state, primary_key_values, referred_values
 
 Values = tuple[Any, ...]
 
 
 class KeyDependents:
-    """The rows that reference an object through one :class:`ReferencingKey`.
+    """The rows that reference a row through one :class:`ReferencingKey`.
 
     Iterating yields ORM objects when a class maps the referencing table
-    (loaded polymorphically), or :class:`~sqlalchemy.engine.Row` objects for
-    tables no class maps, such as plain association tables.
+    (loaded polymorphically) and the lookup runs on a Session, otherwise
+    :class:`~sqlalchemy.engine.Row` objects (plain association tables,
+    reflected tables).
     """
 
     def __init__(self, owner: Dependents, key: ReferencingKey) -> None:
         self._owner = owner
         self.key = key
-        self.mapper: Mapper[Any] | None = owner.graph.primary_mapper(key.table)
+        self.mapper: Mapper[Any] | None = (
+            owner.graph.primary_mapper(key.table) if isinstance(owner.bind, Session) else None
+        )
 
-    def _criteria(self) -> Any:
+    def _where(self, statement: Select[Any]) -> Select[Any]:
         values = self._owner.values(self.key)
-        return None if values is None else sql.matches(self.key.columns, values)
+        if values is None:
+            return statement.where(false())
+        return statement.where(sql.matches(self.key.columns, values))
 
     def select(self) -> Select[Any]:
         """The SELECT this key's rows are loaded with."""
-        criteria = self._criteria()
         entity: Any = self.mapper if self.mapper is not None else self.key.table
-        statement = select(entity).order_by(*self.key.identity)
-        return statement.where(criteria) if criteria is not None else statement.where(False)
+        return self._where(select(entity).order_by(*self.key.identity))
 
-    def count_select(self) -> Select[tuple[int]]:
-        criteria = self._criteria()
-        statement = select(func.count()).select_from(self.key.table)
-        return statement.where(criteria) if criteria is not None else statement.where(False)
+    def count_select(self) -> Select[Any]:
+        return self._where(select(func.count()).select_from(self.key.table))
 
     def __iter__(self) -> Iterator[Any]:
-        if self._criteria() is None:
+        if self._owner.values(self.key) is None:
             return iter(())
-        result = self._owner.session.execute(self.select())
+        result = self._owner.bind.execute(self.select())
         if self.mapper is not None:
             return iter(result.scalars().all())
         return iter(result.all())
 
     def count(self) -> int:
-        if self._criteria() is None:
+        if self._owner.values(self.key) is None:
             return 0
-        return int(self._owner.session.execute(self.count_select()).scalar_one())
+        count: int = self._owner.bind.execute(self.count_select()).scalar_one()
+        return count
 
     def __repr__(self) -> str:
         return f"<KeyDependents {self.key.name}>"
 
 
 class Dependents:
-    """The rows that reference an object, grouped by referencing key.
+    """The rows that reference a row, grouped by referencing key.
 
     Nothing runs until iterated or counted.  Iteration loads each key's rows
-    with one query, keys in a deterministic order; :meth:`count` counts every
-    key in one statement without loading; :meth:`by_key` breaks it down.
+    with one query, keys in a deterministic order and rows by identity;
+    :meth:`count` counts every key in one statement without loading;
+    :meth:`by_key` breaks it down, association tables included.
 
     E.g.::
 
@@ -77,27 +80,25 @@ class Dependents:
             print(key.name, rows.count())
     """
 
-    def __init__(self, obj: object) -> None:
-        state = instance_state(obj, "obj")
-        session = state.session
-        if session is None:
-            raise ReferencesError(f"{obj!r} is not attached to a Session")
-        self.obj = obj
-        self.session: Session = session
-        self.graph: ReferenceGraph = reference_graph(state.mapper.local_table.metadata)
-        self.keys = self.graph.keys_for_mapper(state.mapper)
+    def __init__(
+        self,
+        bind: Session | Connection,
+        graph: ReferenceGraph,
+        keys: Sequence[ReferencingKey],
+        values_of: Callable[[Sequence[AnyColumn]], Values],
+        description: str,
+    ) -> None:
+        self.bind = bind
+        self.graph = graph
+        self.keys = tuple(keys)
+        self._values_of = values_of
+        self._description = description
         self._values: dict[ReferencingKey, Values | None] = {}
 
     def values(self, key: ReferencingKey) -> Values | None:
+        """The referenced row's values for ``key`` (None: nothing can reference it)."""
         if key not in self._values:
-            state = inspect(self.obj)
-            if state.pending:
-                if not self.session.autoflush:
-                    raise ReferencesError(f"{self.obj!r} is pending and autoflush is off")
-                self.session.flush()
-            if state.deleted or state.detached:
-                raise ReferencesError(f"{self.obj!r} is no longer persistent")
-            values = referred_values(self.obj, key.referred_columns)
+            values = self._values_of(key.referred_columns)
             self._values[key] = None if any(v is None for v in values) else values
         return self._values[key]
 
@@ -113,11 +114,11 @@ class Dependents:
         counts = [rows.count_select().scalar_subquery() for rows in self.by_key().values()]
         if not counts:
             return 0
-        row = self.session.execute(select(*counts)).one()
+        row = self.bind.execute(select(*counts)).one()
         return sum(int(c) for c in row)
 
     def __repr__(self) -> str:
-        return f"<Dependents of {self.obj!r}: {len(self.keys)} key(s)>"
+        return f"<Dependents of {self._description}: {len(self.keys)} key(s)>"
 
 
 def dependents(obj: object) -> Dependents:
@@ -128,4 +129,46 @@ def dependents(obj: object) -> Dependents:
         for row in dependents(customer):
             print(row)
     """
-    return Dependents(obj)
+    state = instance_state(obj, "obj")
+    session = state.session
+    if session is None:
+        raise ReferencesError(f"{obj!r} is not attached to a Session")
+    graph = reference_graph(state.mapper.local_table.metadata)  # type: ignore[attr-defined]
+
+    def values_of(columns: Sequence[AnyColumn]) -> Values:
+        current = inspect(obj)
+        if current.pending:
+            if not session.autoflush:
+                raise ReferencesError(f"{obj!r} is pending and autoflush is off")
+            session.flush()
+        if current.deleted or current.detached or current.was_deleted:
+            raise ReferencesError(f"{obj!r} is no longer persistent")
+        return referred_values(obj, columns)
+
+    return Dependents(session, graph, graph.keys_for_mapper(state.mapper), values_of, repr(obj))
+
+
+def row_dependents(bind: Session | Connection, table: Table, key: Any) -> Dependents:
+    """The rows that reference the row of ``table`` with primary key ``key``.
+
+    For any :class:`~sqlalchemy.schema.Table`, reflected ones too; iteration
+    yields :class:`~sqlalchemy.engine.Row` objects.
+
+    E.g.::
+
+        deps = row_dependents(connection, metadata.tables["customer"], 17)
+        print({k.name: rows.count() for k, rows in deps.by_key().items()})
+    """
+    primary_key = primary_key_values(table, key)
+    graph = reference_graph(table.metadata)
+    row: dict[AnyColumn, Any] = {}
+
+    def values_of(columns: Sequence[AnyColumn]) -> Values:
+        if not row:
+            row.update(fetch_row(bind, table, primary_key, "referenced"))
+        return tuple(row[c] for c in columns)
+
+    if isinstance(bind, Session):
+        bind = bind.connection()
+    description = f"{table.fullname} {primary_key!r}"
+    return Dependents(bind, graph, graph.keys_for_tables([table]), values_of, description)

@@ -27,8 +27,7 @@ class MergeConflictError(ReferencesError):
     def __init__(self, conflicts: Sequence[Any]) -> None:
         self.conflicts = tuple(conflicts)
         parts = [
-            f"{len(c.rows)} row(s) of {c.table} clash on {c.constraint}"
-            for c in self.conflicts
+            f"{len(c.rows)} row(s) of {c.table} clash on {c.constraint}" for c in self.conflicts
         ]
         super().__init__(
             "merge would violate a unique key: "

@@ -11,7 +11,7 @@ import itertools
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -90,25 +90,34 @@ class ReferencingKey:
         return f"<ReferencingKey {self.name} -> {self.referred_table.fullname}>"
 
 
+def _name(name: Any, fallback: str) -> str:
+    return str(name) if isinstance(name, str) and name else fallback
+
+
 def _unique_keys(table: Table) -> tuple[UniqueKey, ...]:
     keys: list[UniqueKey] = []
     if table.primary_key.columns:
         keys.append(
-            UniqueKey(table.primary_key.name or f"{table.name} primary key",
-                      tuple(table.primary_key.columns))
+            UniqueKey(
+                _name(table.primary_key.name, f"{table.name} primary key"),
+                tuple(table.primary_key.columns),
+            )
         )
     for constraint in sorted(
         (c for c in table.constraints if isinstance(c, UniqueConstraint)),
         key=lambda c: tuple(col.name for col in c.columns),
     ):
         keys.append(
-            UniqueKey(constraint.name or f"unique ({', '.join(c.name for c in constraint.columns)})",
-                      tuple(constraint.columns))
+            UniqueKey(
+                _name(
+                    constraint.name,
+                    f"unique ({', '.join(c.name for c in constraint.columns)})",
+                ),
+                tuple(constraint.columns),
+            )
         )
     for index in sorted(table.indexes, key=lambda i: i.name or ""):
-        partial = any(
-            opts.get("where") is not None for opts in index.dialect_options.values()
-        )
+        partial = any(opts.get("where") is not None for opts in index.dialect_options.values())
         columns = tuple(index.columns)
         if not index.unique or partial or len(columns) != len(index.expressions):
             continue  # partial and expression indexes cannot be checked up front
@@ -191,18 +200,15 @@ class ReferenceGraph:
         }
         self.mappers_by_table: dict[Table, list[Mapper[Any]]] = {}
         for mapper in self.mappers:
-            for table in mapper.tables:
-                if isinstance(table, Table):
-                    self.mappers_by_table.setdefault(table, []).append(mapper)
+            for mapped in mapper.tables:
+                if isinstance(mapped, Table):
+                    self.mappers_by_table.setdefault(mapped, []).append(mapper)
         self._for_mapper: dict[Mapper[Any], tuple[ReferencingKey, ...]] = {}
         self._held_by_mapper: dict[Mapper[Any], tuple[ReferencingKey, ...]] = {}
 
     @property
     def is_current(self) -> bool:
-        return (
-            self.version == _schema_version
-            and self.table_count == len(self.metadata.tables)
-        )
+        return self.version == _schema_version and self.table_count == len(self.metadata.tables)
 
     def keys_for_tables(self, tables: Iterable[Table]) -> tuple[ReferencingKey, ...]:
         keys = [k for t in tables for k in self.by_referred.get(t, ())]
@@ -223,17 +229,13 @@ class ReferenceGraph:
             return self._held_by_mapper[mapper]
         except KeyError:
             tables = set(mapper.tables)
-            keys = tuple(
-                k for ks in self.by_referred.values() for k in ks if k.table in tables
-            )
+            keys = tuple(k for ks in self.by_referred.values() for k in ks if k.table in tables)
             self._held_by_mapper[mapper] = keys
             return keys
 
     def primary_mapper(self, table: Table) -> Mapper[Any] | None:
         """The mapper that loads rows of ``table``: the base-most one mapping it locally."""
-        candidates = [
-            m for m in self.mappers_by_table.get(table, ()) if m.local_table is table
-        ]
+        candidates = [m for m in self.mappers_by_table.get(table, ()) if m.local_table is table]
         for mapper in candidates:
             if mapper.inherits is None or mapper.inherits.local_table is not table:
                 return mapper
@@ -251,9 +253,6 @@ def reference_graph(metadata: MetaData) -> ReferenceGraph:
     return graph
 
 
-KeyTarget = Union[Table, Mapper[Any], type]
-
-
 def _resolve_target(target: Any) -> tuple[MetaData, list[Table], Mapper[Any] | None]:
     if isinstance(target, Table):
         return target.metadata, [target], None
@@ -263,9 +262,7 @@ def _resolve_target(target: Any) -> tuple[MetaData, list[Table], Mapper[Any] | N
         if not tables:
             raise ArgumentError(f"{mapper} maps no Table")
         return tables[0].metadata, tables, mapper
-    raise ArgumentError(
-        f"expected a Table, a mapped class or a Mapper, got {target!r}"
-    )
+    raise ArgumentError(f"expected a Table, a mapped class or a Mapper, got {target!r}")
 
 
 def referencing_keys(target: Any) -> tuple[ReferencingKey, ...]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ._dependents import Dependents, dependents
-from ._merge import OnConflict, OnSelfReference, merge_into
+from ._merge import merge_into
+from ._repoint import OnConflict, OnSelfReference
 from ._report import MergeReport
 from ._sync import SynchronizeMode
 

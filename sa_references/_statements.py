@@ -36,9 +36,7 @@ def matches(columns: Sequence[AnyColumn], values: Values) -> ColumnElement[bool]
     return and_(*(c == bindparam(None, v, type_=c.type) for c, v in zip(columns, values)))
 
 
-def _identity_in(
-    columns: Sequence[AnyColumn], identities: Sequence[Values]
-) -> ColumnElement[bool]:
+def _identity_in(columns: Sequence[AnyColumn], identities: Sequence[Values]) -> ColumnElement[bool]:
     if not identities:
         return false()
     if len(columns) == 1:
@@ -51,16 +49,14 @@ def chunks(items: Sequence[Values], size: int = IN_CHUNK) -> Iterator[Sequence[V
         yield items[start : start + size]
 
 
-def identity_in(
-    columns: Sequence[AnyColumn], identities: Sequence[Values]
-) -> ColumnElement[bool]:
+def identity_in(columns: Sequence[AnyColumn], identities: Sequence[Values]) -> ColumnElement[bool]:
     """The rows whose identity columns are among ``identities`` (chunked OR of IN lists)."""
     if not identities:
         return false()
     return or_(*(_identity_in(columns, chunk) for chunk in chunks(identities)))
 
 
-def count_references(key: ReferencingKey, source: Values) -> Select[tuple[int]]:
+def count_references(key: ReferencingKey, source: Values) -> Select[Any]:
     return select(func.count()).select_from(key.table).where(matches(key.columns, source))
 
 
@@ -78,7 +74,9 @@ def conflicting_rows(
     criteria: list[ColumnElement[bool]] = []
     for column in unique.columns:
         if column in new_value:
-            criteria.append(other.c[column.key] == bindparam(None, new_value[column], type_=column.type))
+            criteria.append(
+                other.c[column.key] == bindparam(None, new_value[column], type_=column.type)
+            )
         else:
             criteria.append(other.c[column.key] == column)
     if not set(key.columns) <= set(unique.columns):
@@ -112,13 +110,11 @@ def repoint(
 
 
 def delete_rows(key: ReferencingKey, source: Values, rows: Sequence[Values]) -> Delete:
-    return delete(key.table).where(
-        matches(key.columns, source), identity_in(key.identity, rows)
-    )
+    return delete(key.table).where(matches(key.columns, source), identity_in(key.identity, rows))
 
 
 def nullify(key: ReferencingKey, holder: Values, source: Values) -> Update:
-    """Set ``key``'s columns to NULL on the row identified by ``holder`` if it references ``source``."""
+    """Set ``key``'s columns to NULL on the ``holder`` row, if it references ``source``."""
     return (
         update(key.table)
         .where(matches(key.identity, holder), matches(key.columns, source))

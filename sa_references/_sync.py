@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-from sqlalchemy import inspect
+from sqlalchemy import ColumnElement, inspect
 from sqlalchemy.orm import InstanceState, Mapper, RelationshipProperty, Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.collections import collection_adapter
@@ -27,7 +27,7 @@ from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey
 
 Values = tuple[Any, ...]
-SynchronizeMode = Union[Literal["evaluate", "fetch", "expire"], Literal[False]]
+SynchronizeMode = Literal["evaluate", "fetch", "expire", False]
 SYNCHRONIZE_MODES: tuple[SynchronizeMode, ...] = ("evaluate", "fetch", "expire", False)
 Relationship = RelationshipProperty[Any]
 
@@ -56,7 +56,7 @@ class SyncResult:
 
 
 def column_values(
-    state: InstanceState[Any], columns: Sequence[AnyColumn], *, load: bool = False
+    state: InstanceState[Any], columns: Sequence[ColumnElement[Any]], *, load: bool = False
 ) -> Values | None:
     """The values of ``columns`` on ``state`` (None when one is not loaded)."""
     mapper = state.mapper
@@ -99,9 +99,9 @@ class _Relationships:
                 elif rel.direction is ONETOMANY and pairs == backward:
                     self.one_to_many.append(rel)
             elif rel.secondary is key.table:
-                if set(rel.synchronize_pairs) == backward:
+                if set(rel.synchronize_pairs or ()) == backward:
                     self.secondary_parent.append(rel)
-                elif set(rel.secondary_synchronize_pairs) == backward:
+                elif set(rel.secondary_synchronize_pairs or ()) == backward:
                     self.secondary_item.append(rel)
 
 
@@ -225,8 +225,11 @@ class _Synchronizer:
                 return
         obj = state.obj()
         if self.mode == "expire":
-            self.expire(obj, [p for p in props if p in state.dict]
-                        + [r.key for r in rels.many_to_one if r.key in state.dict])
+            self.expire(
+                obj,
+                [p for p in props if p in state.dict]
+                + [r.key for r in rels.many_to_one if r.key in state.dict],
+            )
             return
         for prop, value in zip(props, new):
             if prop in state.dict:
@@ -253,7 +256,9 @@ class _Synchronizer:
             return
         key = km.key
         own = {sec: col for col, sec in rel.synchronize_pairs}
-        item_values = {sec: v for sec, v in zip(own, column_values(state, list(own.values())) or ())}
+        item_values = {
+            sec: v for sec, v in zip(own, column_values(state, list(own.values())) or ())
+        }
         changed: list[Any] = []
         for member in members:
             target = self.target_of.get(id(member))
@@ -263,7 +268,9 @@ class _Synchronizer:
                 continue
             source_values = column_values(inspect(member), key.referred_columns) or ()
             row = dict(zip(key.columns, source_values)) | item_values
-            identity = tuple(row[c] for c in key.identity) if all(c in row for c in key.identity) else None
+            identity = (
+                tuple(row[c] for c in key.identity) if all(c in row for c in key.identity) else None
+            )
             fate = self.fate(km, identity)
             if fate == "unknown":
                 self.expire(obj, [rel.key])
@@ -292,12 +299,16 @@ class _Synchronizer:
         return column_values(inspect(member), km.key.identity)
 
     @staticmethod
-    def secondary_identity(km: KeyMoves, rel: Relationship, source_state: InstanceState[Any]) -> Any:
+    def secondary_identity(
+        km: KeyMoves, rel: Relationship, source_state: InstanceState[Any]
+    ) -> Any:
         key = km.key
-        source_values = dict(zip(key.columns, column_values(source_state, key.referred_columns) or ()))
+        source_values = dict(
+            zip(key.columns, column_values(source_state, key.referred_columns) or ())
+        )
 
         def identity(member: object, _km: KeyMoves) -> Values | None:
-            other = {sec: col for col, sec in rel.secondary_synchronize_pairs}
+            other = {sec: col for col, sec in rel.secondary_synchronize_pairs or ()}
             values = column_values(inspect(member), list(other.values()))
             if values is None:
                 return None
@@ -329,8 +340,11 @@ class _Synchronizer:
         for member in _members(source_state, rel):
             if km.moved is not None and rel.secondary is None:
                 identity = identity_of(member, km)
-                fate = "moved" if identity in km.moved else (
-                    "deleted" if identity in km.deleted else "kept")
+                fate = (
+                    "moved"
+                    if identity in km.moved
+                    else ("deleted" if identity in km.deleted else "kept")
+                )
             else:
                 fate = self.fate(km, identity_of(member, km))
             if fate == "unknown":

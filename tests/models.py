@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import (
     DDL,
@@ -49,12 +49,10 @@ class Customer(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(50))
-    code: Mapped[Optional[str]] = mapped_column(String(20), unique=True)
-    referrer_id: Mapped[Optional[int]] = mapped_column(ForeignKey("customer.id"))
+    code: Mapped[str | None] = mapped_column(String(20), unique=True)
+    referrer_id: Mapped[int | None] = mapped_column(ForeignKey("customer.id"))
 
-    referrer: Mapped[Optional[Customer]] = relationship(
-        remote_side=[id], back_populates="referrals"
-    )
+    referrer: Mapped[Customer | None] = relationship(remote_side=[id], back_populates="referrals")
     referrals: Mapped[list[Customer]] = relationship(back_populates="referrer")
     orders: Mapped[list[Order]] = relationship(
         back_populates="customer", foreign_keys="Order.customer_id"
@@ -63,7 +61,7 @@ class Customer(Base):
         back_populates="billing_customer", foreign_keys="Order.billing_customer_id"
     )
     groups: Mapped[list[Group]] = relationship(secondary=customer_group, back_populates="members")
-    profile: Mapped[Optional[Profile]] = relationship(back_populates="customer")
+    profile: Mapped[Profile | None] = relationship(back_populates="customer")
     reviews: Mapped[list[Review]] = relationship(back_populates="author")
     coupons: Mapped[list[Coupon]] = relationship(back_populates="customer")
 
@@ -76,13 +74,11 @@ class Order(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customer.id"))
-    billing_customer_id: Mapped[Optional[int]] = mapped_column(ForeignKey("customer.id"))
+    billing_customer_id: Mapped[int | None] = mapped_column(ForeignKey("customer.id"))
     note: Mapped[str] = mapped_column(String(50), default="")
 
-    customer: Mapped[Customer] = relationship(
-        back_populates="orders", foreign_keys=[customer_id]
-    )
-    billing_customer: Mapped[Optional[Customer]] = relationship(
+    customer: Mapped[Customer] = relationship(back_populates="orders", foreign_keys=[customer_id])
+    billing_customer: Mapped[Customer | None] = relationship(
         back_populates="billed_orders", foreign_keys=[billing_customer_id]
     )
 
@@ -95,7 +91,9 @@ class Group(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(50))
-    members: Mapped[list[Customer]] = relationship(secondary=customer_group, back_populates="groups")
+    members: Mapped[list[Customer]] = relationship(
+        secondary=customer_group, back_populates="groups"
+    )
 
     def __repr__(self) -> str:
         return f"<Group {self.name}>"
@@ -126,8 +124,8 @@ class Coupon(Base):
     __tablename__ = "coupon"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    customer_code: Mapped[Optional[str]] = mapped_column(ForeignKey("customer.code"))
-    customer: Mapped[Optional[Customer]] = relationship(back_populates="coupons")
+    customer_code: Mapped[str | None] = mapped_column(ForeignKey("customer.code"))
+    customer: Mapped[Customer | None] = relationship(back_populates="coupons")
 
 
 # -- composite keys ---------------------------------------------------------
@@ -166,9 +164,9 @@ class Employee(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(50))
     type: Mapped[str] = mapped_column(String(20))
-    mentor_id: Mapped[Optional[int]] = mapped_column(ForeignKey("employee.id"))
+    mentor_id: Mapped[int | None] = mapped_column(ForeignKey("employee.id"))
 
-    mentor: Mapped[Optional[Employee]] = relationship(remote_side=[id], back_populates="mentees")
+    mentor: Mapped[Employee | None] = relationship(remote_side=[id], back_populates="mentees")
     mentees: Mapped[list[Employee]] = relationship(back_populates="mentor")
     projects: Mapped[list[Project]] = relationship(back_populates="lead")
 
@@ -282,9 +280,7 @@ _TRIGGERS = {
 
 for _dialect, _statements in _TRIGGERS.items():
     for _statement in _statements:
-        event.listen(
-            Trap.__table__, "after_create", DDL(_statement).execute_if(dialect=_dialect)
-        )
+        event.listen(Trap.__table__, "after_create", DDL(_statement).execute_if(dialect=_dialect))
 
 
 def create_all(engine: Engine) -> None:

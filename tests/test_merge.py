@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from sa_references import MergeConflictError, ReferencesError, merge_into, referencing_keys
+from sa_references import MergeConflictError, ReferencesError, referencing_keys
 from tests.models import (
     Approval,
     Car,
@@ -79,8 +79,12 @@ def shop(session: Session) -> dict[str, Any]:
 def refs_to(session: Session, customer: Customer) -> int:
     return sum(
         session.execute(
-            select(func.count()).select_from(k.table).where(k.columns[0] == getattr(
-                customer, "code" if k.referred_columns[0].name == "code" else "id"))
+            select(func.count())
+            .select_from(k.table)
+            .where(
+                k.columns[0]
+                == getattr(customer, "code" if k.referred_columns[0].name == "code" else "id")
+            )
         ).scalar_one()
         for k in referencing_keys(Customer)
     )
@@ -92,7 +96,9 @@ def test_repoints_every_key(session: Session, shop: dict[str, Any], statements: 
     with statements() as log:
         report = dupe.merge_into(keeper, on_conflict="delete")
     assert log.count("UPDATE") == len(keys)  # one per referencing key, even empty ones
-    assert report.rowcount == 2 + 2 + 1 + 1 + 1 + 1 + 1  # orders, billing, group, review, coupon, referral, tag
+    assert (
+        report.rowcount == 2 + 2 + 1 + 1 + 1 + 1 + 1
+    )  # orders, billing, group, review, coupon, referral, tag
     assert report["order(customer_id)"].repointed == 2
     assert report["order(billing_customer_id)"].repointed == 2
     assert report["customer_group(customer_id)"].deleted == 1
@@ -105,11 +111,15 @@ def test_repoints_every_key(session: Session, shop: dict[str, Any], statements: 
     assert sorted(g.name for g in keeper.groups) == ["news", "vip"]
     assert keeper.coupons and keeper.referrals[0].name == "referred"
     assert sorted(r.stars for r in keeper.reviews) == [3, 5]
-    tags = session.execute(select(customer_tag.c.tag).where(customer_tag.c.customer_id == keeper.id))
-    assert sorted(t for t, in tags) == ["a", "b"]
+    tags = session.execute(
+        select(customer_tag.c.tag).where(customer_tag.c.customer_id == keeper.id)
+    )
+    assert sorted(t for (t,) in tags) == ["a", "b"]
 
 
-def test_statements_use_bound_parameters(session: Session, shop: dict[str, Any], statements: Any) -> None:
+def test_statements_use_bound_parameters(
+    session: Session, shop: dict[str, Any], statements: Any
+) -> None:
     with statements() as log:
         shop["dupe"].merge_into(shop["keeper"], on_conflict="delete")
     for statement in log.sql:
@@ -150,9 +160,12 @@ def test_conflict_ignore_leaves_rows(session: Session, shop: dict[str, Any]) -> 
         select(customer_group.c.group_id).where(customer_group.c.customer_id == dupe.id)
     ).all()
     assert left == [(vip.id,)]
-    assert session.execute(
-        select(func.count()).select_from(Review).where(Review.author_id == dupe.id)
-    ).scalar_one() == 1
+    assert (
+        session.execute(
+            select(func.count()).select_from(Review).where(Review.author_id == dupe.id)
+        ).scalar_one()
+        == 1
+    )
 
 
 def test_one_to_one_conflict(session: Session, shop: dict[str, Any]) -> None:
@@ -198,7 +211,9 @@ def test_composite_foreign_key(session: Session, statements: Any) -> None:
         report = old.merge_into(new, on_conflict="ignore")
     assert log.count("UPDATE") == 1  # one per constraint, not per column
     assert report.rowcount == 1 and report.left == 1
-    rows = session.execute(select(Shelf.number, Shelf.label).order_by(Shelf.number, Shelf.label)).all()
+    rows = session.execute(
+        select(Shelf.number, Shelf.label).order_by(Shelf.number, Shelf.label)
+    ).all()
     assert rows == [(1, "b"), (2, "a"), (2, "b")]
 
 
@@ -255,9 +270,12 @@ def test_self_reference_null(session: Session, shop: dict[str, Any]) -> None:
     report = dupe.merge_into(keeper, on_conflict="delete", on_self_reference="null")
     assert report["customer(referrer_id)"].repointed == 1  # only "referred"
     assert keeper.referrer is None
-    assert session.execute(
-        select(func.count()).where(Customer.referrer_id == Customer.id)
-    ).scalar_one() == 0
+    assert (
+        session.execute(
+            select(func.count()).where(Customer.referrer_id == Customer.id)
+        ).scalar_one()
+        == 0
+    )
 
 
 def test_source_row_referencing_itself(session: Session) -> None:
@@ -348,14 +366,20 @@ def test_delete_source_with_stale_collection_and_no_expire(db: Any) -> None:
             assert len(dupe.orders) == 2
             dupe.merge_into(keeper, delete=True)
             session.commit()
-            ids = session.execute(
-                select(Order.customer_id).where(Order.id.in_([o.id for o in orders]))
-            ).scalars().all()
+            ids = (
+                session.execute(
+                    select(Order.customer_id).where(Order.id.in_([o.id for o in orders]))
+                )
+                .scalars()
+                .all()
+            )
             assert ids == [keeper.id, keeper.id]
         finally:
             session.rollback()
             session.execute(Order.__table__.delete().where(Order.id.in_([o.id for o in orders])))
-            session.execute(Customer.__table__.delete().where(Customer.name.in_(["dupe", "keeper"])))
+            session.execute(
+                Customer.__table__.delete().where(Customer.name.in_(["dupe", "keeper"]))
+            )
             session.commit()
 
 
@@ -365,7 +389,10 @@ def test_unflushed_references_are_merged(session: Session, shop: dict[str, Any])
     session.add(pending)
     dupe.merge_into(keeper, on_conflict="delete")
     assert pending.customer is keeper
-    assert session.execute(select(Order.customer_id).where(Order.note == "pending")).scalar_one() == keeper.id
+    assert (
+        session.execute(select(Order.customer_id).where(Order.note == "pending")).scalar_one()
+        == keeper.id
+    )
 
 
 def test_pending_target_is_flushed(session: Session, shop: dict[str, Any]) -> None:

@@ -19,10 +19,16 @@ def loaded(session: Session) -> dict[str, Any]:
     vip, news = Group(name="vip"), Group(name="news")
     dupe.groups = [vip, news]
     keeper.groups = [vip]
-    orders = [Order(customer=dupe, note="d1"), Order(customer=dupe, note="d2"),
-              Order(customer=keeper, note="k1")]
-    reviews = [Review(author=dupe, stars=5), Review(author=dupe, stars=4),
-               Review(author=keeper, stars=5)]
+    orders = [
+        Order(customer=dupe, note="d1"),
+        Order(customer=dupe, note="d2"),
+        Order(customer=keeper, note="k1"),
+    ]
+    reviews = [
+        Review(author=dupe, stars=5),
+        Review(author=dupe, stars=4),
+        Review(author=keeper, stars=5),
+    ]
     session.add_all([dupe, keeper, vip, news, *orders, *reviews])
     session.flush()
     session.expire_all()
@@ -37,11 +43,19 @@ def loaded(session: Session) -> dict[str, Any]:
         order.customer  # noqa: B018
     for review in reviews:
         review.author  # noqa: B018
-    return {"dupe": dupe, "keeper": keeper, "vip": vip, "news": news,
-            "orders": orders, "reviews": reviews}
+    return {
+        "dupe": dupe,
+        "keeper": keeper,
+        "vip": vip,
+        "news": news,
+        "orders": orders,
+        "reviews": reviews,
+    }
 
 
-def test_everything_synced_without_select(session: Session, loaded: dict[str, Any], statements: Any) -> None:
+def test_everything_synced_without_select(
+    session: Session, loaded: dict[str, Any], statements: Any
+) -> None:
     dupe, keeper, vip, news = loaded["dupe"], loaded["keeper"], loaded["vip"], loaded["news"]
     d1, d2, k1 = loaded["orders"]
     r5, r4, k5 = loaded["reviews"]
@@ -67,7 +81,9 @@ def test_everything_synced_without_select(session: Session, loaded: dict[str, An
     assert [c.name for c in vip.members] == ["keeper"]
 
 
-def test_ignore_keeps_clashing_members_on_source(session: Session, loaded: dict[str, Any], statements: Any) -> None:
+def test_ignore_keeps_clashing_members_on_source(
+    session: Session, loaded: dict[str, Any], statements: Any
+) -> None:
     dupe, keeper, vip = loaded["dupe"], loaded["keeper"], loaded["vip"]
     r5 = loaded["reviews"][0]
     dupe.merge_into(keeper, on_conflict="ignore")
@@ -81,7 +97,9 @@ def test_ignore_keeps_clashing_members_on_source(session: Session, loaded: dict[
     assert sorted(c.name for c in vip.members) == ["dupe", "keeper"]
 
 
-def test_sqlalchemy_evaluate_leaves_relationships_stale(session: Session, loaded: dict[str, Any]) -> None:
+def test_sqlalchemy_evaluate_leaves_relationships_stale(
+    session: Session, loaded: dict[str, Any]
+) -> None:
     """What the ORM's own synchronize_session='evaluate' does, and what we do instead."""
     dupe, keeper = loaded["dupe"], loaded["keeper"]
     d1 = loaded["orders"][0]
@@ -176,7 +194,9 @@ def test_self_referential_collections(session: Session, statements: Any) -> None
 
 
 @pytest.mark.parametrize("mode", ["evaluate", "fetch", "expire"])
-def test_synchronize_modes_agree_with_database(session: Session, loaded: dict[str, Any], mode: str) -> None:
+def test_synchronize_modes_agree_with_database(
+    session: Session, loaded: dict[str, Any], mode: str
+) -> None:
     dupe, keeper, vip = loaded["dupe"], loaded["keeper"], loaded["vip"]
     d1 = loaded["orders"][0]
     merge_into(dupe, keeper, on_conflict="delete", synchronize_session=mode)  # type: ignore[arg-type]

@@ -1,0 +1,214 @@
+"""Running one merge's statements: plan (values, self-references, conflicts), then apply.
+
+Works on a :class:`~sqlalchemy.orm.Session` or a Core
+:class:`~sqlalchemy.engine.Connection` alike, so ORM objects and reflected
+tables share one implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.orm import Session
+
+from . import _statements as sql
+from ._errors import MergeConflictError, ReferencesError
+from ._keys import AnyColumn, ReferencingKey
+from ._report import Conflict, KeyResult
+from ._sync import SYNCHRONIZE_MODES, KeyMoves
+
+Values = tuple[Any, ...]
+Bind = Session | Connection
+RowValues = Callable[[Sequence[AnyColumn]], Values]
+OnConflict = Literal["raise", "delete", "ignore"]
+OnSelfReference = Literal["raise", "null"]
+ON_CONFLICT = ("raise", "delete", "ignore")
+ON_SELF_REFERENCE = ("raise", "null")
+
+
+def check_options(
+    on_conflict: object,
+    synchronize_session: object = "evaluate",
+    on_self_reference: object = "raise",
+) -> None:
+    if on_conflict not in ON_CONFLICT:
+        raise ArgumentError(
+            f"on_conflict must be one of {', '.join(map(repr, ON_CONFLICT))}; got {on_conflict!r}"
+        )
+    if synchronize_session is True or synchronize_session not in SYNCHRONIZE_MODES:
+        raise ArgumentError(
+            "synchronize_session must be 'evaluate', 'fetch', 'expire' or False; "
+            f"got {synchronize_session!r}"
+        )
+    if on_self_reference not in ON_SELF_REFERENCE:
+        raise ArgumentError(
+            f"on_self_reference must be 'raise' or 'null'; got {on_self_reference!r}"
+        )
+
+
+def connection_of(bind: Bind) -> Connection:
+    return bind.connection() if isinstance(bind, Session) else bind
+
+
+def dialect_of(bind: Bind) -> Dialect:
+    return connection_of(bind).dialect
+
+
+@contextlib.contextmanager
+def savepoint(bind: Bind) -> Iterator[None]:
+    """A SAVEPOINT that a later rollback of the enclosing transaction still undoes.
+
+    pysqlite starts no transaction before a SAVEPOINT, so releasing it would
+    commit; a real BEGIN is issued first when the driver has none open.
+    """
+    connection = connection_of(bind)
+    if connection.dialect.name == "sqlite":
+        driver_connection = connection.connection.driver_connection
+        if getattr(driver_connection, "in_transaction", True) is False:
+            connection.exec_driver_sql("BEGIN")
+    with bind.begin_nested():
+        yield
+
+
+def execute(bind: Bind, statement: Any, key: ReferencingKey, what: str) -> Any:
+    """Run one statement; a database error is annotated with the key it failed on."""
+    try:
+        return bind.execute(statement)
+    except DBAPIError as error:
+        error.add_note(f"sa_references: failed while {what} {key.name}")
+        raise
+
+
+@dataclass
+class KeyPlan:
+    key: ReferencingKey
+    source: Values
+    target: Values
+    conflicts: list[Conflict] = field(default_factory=list)
+    #: identity of the target's own row when it references the source through this key
+    target_refers_to_source: Values | None = None
+
+    @property
+    def conflicting_rows(self) -> list[Values]:
+        seen: dict[Values, None] = {}
+        for conflict in self.conflicts:
+            seen.update(dict.fromkeys(conflict.rows))
+        return list(seen)
+
+
+def plan(
+    bind: Bind,
+    keys: Sequence[ReferencingKey],
+    source: RowValues,
+    target: RowValues,
+    held_by_target: Callable[[ReferencingKey], bool],
+) -> list[KeyPlan]:
+    """Values, self-references and conflicts of every key, read before anything is written."""
+    plans = []
+    for key in keys:
+        source_values = source(key.referred_columns)
+        target_values = target(key.referred_columns)
+        if any(v is None for v in source_values):
+            continue  # nothing can reference a NULL
+        if any(v is None for v in target_values) or source_values == target_values:
+            count = bind.execute(sql.count_references(key, source_values)).scalar_one()
+            if count:
+                raise ReferencesError(
+                    f"cannot re-point {count} row(s) of {key.name}: the target's "
+                    f"{', '.join(c.name for c in key.referred_columns)} is {target_values}"
+                )
+            continue
+        key_plan = KeyPlan(key, source_values, target_values)
+        if held_by_target(key) and target(key.columns) == source_values:
+            key_plan.target_refers_to_source = target(key.identity)
+        for unique in key.unique_keys:
+            rows = bind.execute(
+                sql.conflicting_rows(key, unique, source_values, target_values)
+            ).all()
+            if rows:
+                key_plan.conflicts.append(Conflict(key, unique.name, tuple(tuple(r) for r in rows)))
+        plans.append(key_plan)
+    return plans
+
+
+def check_plans(
+    plans: Sequence[KeyPlan],
+    on_conflict: str,
+    on_self_reference: str,
+    names: tuple[str, str],
+    dry_run: bool = False,
+) -> None:
+    """Refuse, before anything is written, what ``on_conflict``/``on_self_reference`` forbid.
+
+    A dry run reports conflicts instead of raising them.
+    """
+    source, target = names
+    if on_self_reference == "raise":
+        for key_plan in plans:
+            if key_plan.target_refers_to_source is not None:
+                raise ReferencesError(
+                    f"{target} references {source} through {key_plan.key.name}; merging "
+                    "would make it reference itself (pass on_self_reference='null' to clear "
+                    "that reference first)"
+                )
+    conflicts = [c for p in plans for c in p.conflicts]
+    if conflicts and on_conflict == "raise" and not dry_run:
+        raise MergeConflictError(conflicts)
+
+
+def dry_run(bind: Bind, plans: Sequence[KeyPlan], on_conflict: str) -> list[KeyResult]:
+    results = []
+    for key_plan in plans:
+        count = bind.execute(sql.count_references(key_plan.key, key_plan.source)).scalar_one()
+        clashing = len(key_plan.conflicting_rows) if on_conflict != "raise" else 0
+        self_ref = 1 if key_plan.target_refers_to_source is not None else 0
+        results.append(
+            KeyResult(
+                key_plan.key,
+                repointed=count - clashing - self_ref,
+                deleted=clashing if on_conflict == "delete" else 0,
+                left=clashing if on_conflict == "ignore" else 0,
+                conflicts=list(key_plan.conflicts),
+            )
+        )
+    return results
+
+
+def apply(
+    bind: Bind, key_plan: KeyPlan, on_conflict: str, fetch: bool
+) -> tuple[KeyResult, KeyMoves]:
+    """Run one key's statements: clear a self-reference, delete clashes, re-point."""
+    key = key_plan.key
+    result = KeyResult(key, conflicts=list(key_plan.conflicts))
+    moves = KeyMoves(key, {key_plan.source: key_plan.target})
+    if key_plan.target_refers_to_source is not None:
+        statement = sql.nullify(key, key_plan.target_refers_to_source, key_plan.source)
+        execute(bind, statement, key, "clearing the target's reference to the source in")
+        moves.kept.add(key_plan.target_refers_to_source)
+    clashing = key_plan.conflicting_rows
+    if clashing and on_conflict == "delete":
+        deletion = sql.delete_rows(key, key_plan.source, clashing)
+        result.deleted = execute(bind, deletion, key, "deleting conflicting rows of").rowcount
+        moves.deleted.update(clashing)
+    keep = clashing if on_conflict == "ignore" else []
+    result.left = len(keep)
+    moves.kept.update(keep)
+    update = sql.repoint(key, key_plan.source, key_plan.target, keep)
+    if not fetch:
+        result.repointed = execute(bind, update, key, "re-pointing").rowcount
+        return result, moves
+    if dialect_of(bind).update_returning:
+        rows = execute(bind, update.returning(*key.identity), key, "re-pointing").all()
+    else:
+        selected = execute(bind, sql.rows_of(key, key_plan.source), key, "reading").all()
+        rows = [r for r in selected if tuple(r) not in moves.kept]
+        execute(bind, update, key, "re-pointing")
+    moves.moved = {tuple(r): key_plan.target for r in rows}
+    result.repointed = len(rows)
+    return result, moves
