@@ -48,6 +48,7 @@ usable.  On pysqlite a real ``BEGIN`` is issued first when the driver has no
 transaction open, so that ``session.rollback()`` still undoes the merge.
 """
 
+from ._batch import BatchReport, merge_many
 from ._dependents import Dependents, KeyDependents, dependents, row_dependents
 from ._errors import MergeConflictError, ReferencesError
 from ._keys import ReferencingKey, UniqueKey, referencing_keys
@@ -56,6 +57,7 @@ from ._mixin import ReferencesMixin
 from ._report import Conflict, KeyResult, MergeReport
 
 __all__ = [
+    "BatchReport",
     "Conflict",
     "Dependents",
     "KeyDependents",
@@ -68,6 +70,7 @@ __all__ = [
     "UniqueKey",
     "dependents",
     "merge_into",
+    "merge_many",
     "merge_rows",
     "referencing_keys",
     "row_dependents",

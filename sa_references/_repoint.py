@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
@@ -83,6 +83,12 @@ def execute(bind: Bind, statement: Any, key: ReferencingKey, what: str) -> Any:
     except DBAPIError as error:
         error.add_note(f"sa_references: failed while {what} {key.name}")
         raise
+
+
+def rowcount(bind: Bind, statement: Any) -> int:
+    """Rows matched by an UPDATE or DELETE (MySQL dialects ask for found rows)."""
+    result = cast("CursorResult[Any]", bind.execute(statement))
+    return int(result.rowcount)
 
 
 @dataclass

@@ -19,6 +19,8 @@ class Conflict:
     constraint: str
     #: identities (primary key values, or the table's identifying columns) of the clashing rows
     rows: tuple[Values, ...]
+    #: in a batch, the referred values of each clashing row's source, row by row
+    sources: tuple[Values, ...] = ()
 
     @property
     def table(self) -> str:

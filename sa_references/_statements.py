@@ -12,6 +12,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     false,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -120,3 +122,104 @@ def nullify(key: ReferencingKey, holder: Values, source: Values) -> Update:
         .where(matches(key.identity, holder), matches(key.columns, source))
         .values({c.key: None for c in key.columns})
     )
+
+
+# -- set-based statements for a batch: joined to a mapping table --------------
+#
+# A mapping table has columns ``src_<i>`` and ``tgt_<i>`` for each referred
+# column of a key.  Each statement names the mapping table once, so MySQL's
+# "can't reopen a temporary table" never applies; the UPDATE is rendered by
+# each dialect as UPDATE ... FROM (PostgreSQL, SQLite) or a multi-table UPDATE
+# (MySQL/MariaDB), which reads new values from the mapping, never from
+# already-assigned columns.
+
+
+def _joined(key: ReferencingKey, mapping: Any) -> ColumnElement[bool]:
+    return and_(*(c == mapping.c[f"src_{i}"] for i, c in enumerate(key.columns)))
+
+
+def batch_count(key: ReferencingKey, mapping: Any) -> Select[Any]:
+    return select(func.count()).select_from(key.table).where(_joined(key, mapping))
+
+
+def batch_rows(key: ReferencingKey, mapping: Any) -> Select[Any]:
+    """Identity and new values of every row a batch re-points (for fetch mode)."""
+    targets = [mapping.c[f"tgt_{i}"] for i in range(len(key.columns))]
+    return select(*key.identity, *targets).where(_joined(key, mapping))
+
+
+def batch_self_references(key: ReferencingKey, mapping: Any) -> Select[Any]:
+    """Targets whose own row references their source (a self-referential key)."""
+    own = [mapping.c[f"tgt_{i}"] == c for i, c in enumerate(key.referred_columns)]
+    sources = [mapping.c[f"src_{i}"] for i in range(len(key.columns))]
+    return select(*key.identity, *sources).where(_joined(key, mapping), *own)
+
+
+def batch_conflicts(key: ReferencingKey, unique: UniqueKey, mapping: Any) -> Select[Any]:
+    """Identities (and sources) of the rows a batch cannot re-point without a clash.
+
+    A moving row clashes when a row that is not moving already holds its new
+    values, or when several moving rows would end with the same values (the
+    first by identity keeps its place).  NULLs never clash.
+    """
+    table = key.table
+    other = table.alias("other")
+    new_value = {c: mapping.c[f"tgt_{i}"] for i, c in enumerate(key.columns)}
+    rest = [c for c in unique.columns if c not in new_value]
+    existing = [other.c[c.key] == (new_value.get(c, c)) for c in unique.columns]
+    if not set(key.columns) <= set(unique.columns):
+        existing.append(
+            or_(
+                *(
+                    other.c[c.key].is_distinct_from(mapping.c[f"src_{i}"])
+                    for i, c in enumerate(key.columns)
+                )
+            )
+        )
+    partition = [new_value[c] for c in unique.columns if c in new_value] + rest
+    sources = [mapping.c[f"src_{i}"].label(f"src_{i}") for i in range(len(key.columns))]
+    ranked = (
+        select(
+            *key.identity,
+            *sources,
+            case((exists().where(*existing), 1), else_=0).label("clash"),
+            func.row_number().over(partition_by=partition, order_by=list(key.identity)).label("rn"),
+            case((and_(true(), *(c.is_not(None) for c in rest)), 1), else_=0).label("filled"),
+        )
+        .where(_joined(key, mapping))
+        .subquery("ranked")
+    )
+    identity = [ranked.c[c.key] for c in key.identity]
+    return (
+        select(*identity, *(ranked.c[f"src_{i}"] for i in range(len(key.columns))))
+        .where(or_(ranked.c.clash == 1, and_(ranked.c.rn > 1, ranked.c.filled == 1)))
+        .order_by(*identity)
+    )
+
+
+def batch_repoint(key: ReferencingKey, mapping: Any, keep: Any = None) -> Update:
+    """One UPDATE for every pair of the batch; rows listed in ``keep`` stay."""
+    statement = (
+        update(key.table)
+        .where(_joined(key, mapping))
+        .values({c.key: mapping.c[f"tgt_{i}"] for i, c in enumerate(key.columns)})
+    )
+    if keep is not None:
+        statement = statement.where(
+            ~exists().where(*(keep.c[f"id_{i}"] == c for i, c in enumerate(key.identity)))
+        )
+    return statement
+
+
+def delete_identities(key: ReferencingKey, rows: Sequence[Values]) -> Iterator[Delete]:
+    for chunk in chunks(rows):
+        yield delete(key.table).where(_identity_in(key.identity, chunk))
+
+
+def nullify_identities(key: ReferencingKey, rows: Sequence[Values]) -> Iterator[Update]:
+    for chunk in chunks(rows):
+        yield (
+            update(key.table)
+            .where(_identity_in(key.identity, chunk))
+            .values({c.key: None for c in key.columns})
+        )

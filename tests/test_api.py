@@ -9,6 +9,7 @@ import sa_references
 
 def test_all_is_pinned_and_sorted() -> None:
     assert sa_references.__all__ == [
+        "BatchReport",
         "Conflict",
         "Dependents",
         "KeyDependents",
@@ -21,6 +22,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "UniqueKey",
         "dependents",
         "merge_into",
+        "merge_many",
         "merge_rows",
         "referencing_keys",
         "row_dependents",

@@ -1,0 +1,384 @@
+"""Many merges at once: one set-based statement per referencing key.
+
+The pairs of a batch are written to a temporary mapping table (one per set
+of referred columns), and every referencing key is re-pointed by one UPDATE
+joined to it.  Conflicts are read set-based too: one SELECT per unique key
+of a referencing table, covering clashes with rows already at a target and
+clashes between several sources merged into one target.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, Table, select
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.orm import Session
+
+from . import _statements as sql
+from ._errors import MergeConflictError, ReferencesError
+from ._keys import AnyColumn, ReferencingKey, reference_graph
+from ._merge import primary_key_values
+from ._repoint import (
+    Bind,
+    OnConflict,
+    OnSelfReference,
+    check_options,
+    connection_of,
+    rowcount,
+    savepoint,
+)
+from ._report import Conflict, KeyResult, MergeReport
+from ._sync import KeyMoves
+
+Values = tuple[Any, ...]
+T = TypeVar("T", bound=Hashable)
+
+_table_names = itertools.count(1)
+
+
+def resolve_chains(pairs: Iterable[tuple[T, T]], describe: Any = repr) -> dict[T, T]:
+    """``{source: final target}``: ``a -> b`` then ``b -> c`` ends with both at ``c``.
+
+    Raises :class:`ReferencesError` on a cycle, on a pair merging a row into
+    itself, and on a source given two different targets.
+    """
+    target_of: dict[T, T] = {}
+    for source, target in pairs:
+        add_pair(target_of, source, target, describe)
+    return target_of
+
+
+def add_pair(target_of: dict[T, T], source: T, target: T, describe: Any = repr) -> None:
+    """Add ``source -> target`` to a resolved mapping, keeping it resolved."""
+    if source == target:
+        raise ReferencesError(f"cannot merge {describe(source)} into itself")
+    final = target_of.get(target, target)
+    if final == source:
+        raise ReferencesError(
+            f"merging {describe(source)} into {describe(target)} would close a cycle "
+            f"({describe(target)} is already merged into {describe(source)})"
+        )
+    previous = target_of.get(source)
+    if previous is not None and previous != final:
+        raise ReferencesError(
+            f"{describe(source)} is already queued to be merged into {describe(previous)}"
+        )
+    target_of[source] = final
+    for other, other_target in target_of.items():
+        if other_target == source:
+            target_of[other] = final
+
+
+@dataclass
+class BatchReport(MergeReport):
+    """The result of a batch: per referencing key, totals over every merge in it."""
+
+    #: the (source, final target) pairs applied, chains resolved
+    pairs: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        verb = "would re-point" if self.dry_run else "re-pointed"
+        lines = [f"batch of {len(self.pairs)} merge(s): {verb} {self.rowcount} row(s)"]
+        lines += [f"  {r}" for r in self.keys if r.repointed or r.deleted or r.left]
+        return "\n".join(lines)
+
+
+class _TemporaryTables:
+    """Temporary tables on one connection, dropped when the batch ends."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.created: list[Table] = []
+
+    def create(
+        self,
+        prefix: str,
+        columns: Sequence[tuple[str, AnyColumn]],
+        rows: list[dict[str, Any]],
+        key: Sequence[str],
+    ) -> Table:
+        name = f"_sa_references_{prefix}_{next(_table_names)}"
+        table = Table(
+            name,
+            MetaData(),
+            *(Column(n, c.type, nullable=False) for n, c in columns),
+            PrimaryKeyConstraint(*key),
+            prefixes=["TEMPORARY"],
+        )
+        table.create(self.connection)
+        self.created.append(table)
+        if rows:
+            self.connection.execute(table.insert(), rows)
+        return table
+
+    def mapping(self, columns: Sequence[AnyColumn], pairs: Mapping[Values, Values]) -> Table:
+        names = [(f"src_{i}", c) for i, c in enumerate(columns)]
+        names += [(f"tgt_{i}", c) for i, c in enumerate(columns)]
+        rows = [
+            {**{f"src_{i}": v for i, v in enumerate(s)}, **{f"tgt_{i}": v for i, v in enumerate(t)}}
+            for s, t in pairs.items()
+        ]
+        return self.create("map", names, rows, [f"src_{i}" for i in range(len(columns))])
+
+    def identities(self, columns: Sequence[AnyColumn], rows: Iterable[Values]) -> Table:
+        names = [(f"id_{i}", c) for i, c in enumerate(columns)]
+        data = [{f"id_{i}": v for i, v in enumerate(r)} for r in rows]
+        return self.create("keep", names, data, [n for n, _ in names])
+
+    def drop(self) -> None:
+        temporary = "TEMPORARY " if self.connection.dialect.name == "mysql" else ""
+        for table in self.created:
+            name = self.connection.dialect.identifier_preparer.quote(table.name)
+            self.connection.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {name}")
+        self.created.clear()
+
+
+def _describe_pairs(pairs: Mapping[Values, Values], limit: int = 5) -> str:
+    shown = ", ".join(f"{s!r} -> {t!r}" for s, t in itertools.islice(pairs.items(), limit))
+    more = f" and {len(pairs) - limit} more" if len(pairs) > limit else ""
+    return f"{len(pairs)} pair(s): {shown}{more}"
+
+
+@dataclass
+class _KeyBatch:
+    key: ReferencingKey
+    pairs: dict[Values, Values]
+    mapping: Table | None = None
+    conflicts: list[Conflict] = field(default_factory=list)
+    self_references: list[Values] = field(default_factory=list)
+
+    @property
+    def conflicting_rows(self) -> list[Values]:
+        seen: dict[Values, None] = {}
+        for conflict in self.conflicts:
+            seen.update(dict.fromkeys(conflict.rows))
+        return list(seen)
+
+
+def run_batch(
+    bind: Bind,
+    key_pairs: Mapping[ReferencingKey, dict[Values, Values]],
+    *,
+    on_conflict: str,
+    on_self_reference: str,
+    dry_run: bool = False,
+    fetch: bool = False,
+) -> tuple[list[KeyResult], list[KeyMoves]]:
+    """Apply (or count) every key's pairs set-based, atomically."""
+    connection = connection_of(bind)
+    tables = _TemporaryTables(connection)
+    batches = [_KeyBatch(k, p) for k, p in key_pairs.items() if p]
+    try:
+        with savepoint(bind):
+            _create_mappings(tables, batches)
+            _read_plan(bind, batches, on_self_reference)
+            conflicts = [c for b in batches for c in b.conflicts]
+            if conflicts and on_conflict == "raise" and not dry_run:
+                raise MergeConflictError(conflicts)
+            if dry_run:
+                return _count(bind, batches, on_conflict), []
+            results, moves = [], []
+            for batch in batches:
+                try:
+                    result, moved = _apply(bind, tables, batch, on_conflict, fetch)
+                except DBAPIError as error:
+                    error.add_note(
+                        f"sa_references: batch failed on {batch.key.name} for "
+                        + _describe_pairs(batch.pairs)
+                    )
+                    raise
+                results.append(result)
+                moves.append(moved)
+            return results, moves
+    finally:
+        tables.drop()
+
+
+def _create_mappings(tables: _TemporaryTables, batches: Sequence[_KeyBatch]) -> None:
+    shared: dict[tuple[tuple[AnyColumn, ...], int], Table] = {}
+    for batch in batches:
+        signature = (batch.key.referred_columns, id(batch.pairs))
+        if signature not in shared:
+            shared[signature] = tables.mapping(batch.key.referred_columns, batch.pairs)
+        batch.mapping = shared[signature]
+
+
+def _read_plan(bind: Bind, batches: Sequence[_KeyBatch], on_self_reference: str) -> None:
+    for batch in batches:
+        key, mapping = batch.key, batch.mapping
+        if key.is_self_referential:
+            rows = bind.execute(sql.batch_self_references(key, mapping)).all()
+            width = len(key.identity)
+            batch.self_references = [tuple(r[:width]) for r in rows]
+            if rows and on_self_reference == "raise":
+                sources = ", ".join(repr(tuple(r[width:])) for r in rows[:5])
+                raise ReferencesError(
+                    f"{len(rows)} target(s) reference their own source through {key.name} "
+                    f"(sources {sources}); merging would make them reference themselves "
+                    "(pass on_self_reference='null' to clear those references first)"
+                )
+        for unique in key.unique_keys:
+            rows = bind.execute(sql.batch_conflicts(key, unique, mapping)).all()
+            if rows:
+                width = len(key.identity)
+                batch.conflicts.append(
+                    Conflict(
+                        key,
+                        unique.name,
+                        tuple(tuple(r[:width]) for r in rows),
+                        tuple(tuple(r[width:]) for r in rows),
+                    )
+                )
+
+
+def _count(bind: Bind, batches: Sequence[_KeyBatch], on_conflict: str) -> list[KeyResult]:
+    results = []
+    for batch in batches:
+        count = bind.execute(sql.batch_count(batch.key, batch.mapping)).scalar_one()
+        clashing = len(batch.conflicting_rows) if on_conflict != "raise" else 0
+        results.append(
+            KeyResult(
+                batch.key,
+                repointed=count - clashing - len(batch.self_references),
+                deleted=clashing if on_conflict == "delete" else 0,
+                left=clashing if on_conflict == "ignore" else 0,
+                conflicts=list(batch.conflicts),
+            )
+        )
+    return results
+
+
+def _apply(
+    bind: Bind, tables: _TemporaryTables, batch: _KeyBatch, on_conflict: str, fetch: bool
+) -> tuple[KeyResult, KeyMoves]:
+    key, mapping = batch.key, batch.mapping
+    result = KeyResult(key, conflicts=list(batch.conflicts))
+    moves = KeyMoves(key, dict(batch.pairs))
+    kept = list(batch.self_references)
+    for statement in sql.nullify_identities(key, kept):
+        bind.execute(statement)
+    clashing = batch.conflicting_rows
+    if clashing and on_conflict == "delete":
+        result.deleted = sum(rowcount(bind, d) for d in sql.delete_identities(key, clashing))
+        moves.deleted.update(clashing)
+    if on_conflict == "ignore":
+        kept += clashing
+        result.left = len(clashing)
+    moves.kept.update(kept)
+    keep = tables.identities(key.identity, dict.fromkeys(kept)) if kept else None
+    update = sql.batch_repoint(key, mapping, keep)
+    if not fetch:
+        result.repointed = rowcount(bind, update)
+        return result, moves
+    width = len(key.identity)
+    dialect = connection_of(bind).dialect
+    if dialect.update_returning_multifrom:
+        rows = bind.execute(update.returning(*key.identity, *key.columns)).all()
+    else:
+        rows = [
+            r
+            for r in bind.execute(sql.batch_rows(key, mapping)).all()
+            if tuple(r[:width]) not in moves.kept
+        ]
+        bind.execute(update)
+    moves.moved = {tuple(r[:width]): tuple(r[width:]) for r in rows}
+    result.repointed = len(rows)
+    return result, moves
+
+
+def merge_many(
+    bind: Session | Connection,
+    table: Table,
+    pairs: Iterable[tuple[Any, Any]],
+    *,
+    on_conflict: OnConflict = "raise",
+    delete: bool = False,
+    dry_run: bool = False,
+    on_self_reference: OnSelfReference = "raise",
+) -> BatchReport:
+    """Merge many rows of ``table`` at once: one set-based statement per referencing key.
+
+    ``pairs`` are ``(source key, target key)`` primary keys (scalars,
+    sequences or mappings, as for :func:`merge_rows`).  Chains resolve
+    (``a -> b`` and ``b -> c`` end with both at ``c``); a cycle raises
+    :class:`ReferencesError` before anything runs.  Atomic: the whole batch
+    runs inside a SAVEPOINT.
+
+    E.g.::
+
+        with engine.begin() as connection:
+            report = merge_many(connection, customers, [(17, 4), (18, 4), (4, 2)])
+    """
+    check_options(on_conflict, "evaluate", on_self_reference)
+    if not isinstance(table, Table):
+        raise ArgumentError(f"expected a Table; got {table!r}")
+    normalised = [(primary_key_values(table, s), primary_key_values(table, t)) for s, t in pairs]
+    target_of = resolve_chains(normalised, lambda k: f"{table.fullname} {k!r}")
+    graph = reference_graph(table.metadata)
+    keys = graph.keys_for_tables([table])
+    rows = _fetch_rows(bind, table, set(target_of) | set(target_of.values()))
+    key_pairs = {key: _key_pairs(bind, key, target_of, rows) for key in keys}
+    report = BatchReport(None, None, dry_run=dry_run, pairs=list(target_of.items()))
+    results, _ = run_batch(
+        bind,
+        key_pairs,
+        on_conflict=on_conflict,
+        on_self_reference=on_self_reference,
+        dry_run=dry_run,
+    )
+    report.keys = results
+    if delete and not dry_run and target_of:
+        pk = list(table.primary_key.columns)
+        with savepoint(bind):
+            for chunk in sql.chunks(list(target_of)):
+                bind.execute(table.delete().where(sql.identity_in(pk, chunk)))
+    return report
+
+
+def _fetch_rows(bind: Bind, table: Table, keys: set[Values]) -> dict[Values, dict[AnyColumn, Any]]:
+    pk = list(table.primary_key.columns)
+    found: dict[Values, dict[AnyColumn, Any]] = {}
+    for chunk in sql.chunks(sorted(keys, key=repr)):
+        for row in bind.execute(select(table).where(sql.identity_in(pk, chunk))):
+            values = {c: row._mapping[c] for c in table.columns}
+            found[tuple(values[c] for c in pk)] = values
+    missing = [k for k in keys if k not in found]
+    if missing:
+        shown = ", ".join(repr(k) for k in sorted(missing, key=repr)[:5])
+        raise ReferencesError(f"{len(missing)} key(s) not found in {table.fullname}: {shown}")
+    return found
+
+
+def _key_pairs(
+    bind: Bind,
+    key: ReferencingKey,
+    target_of: Mapping[Values, Values],
+    rows: Mapping[Values, Mapping[AnyColumn, Any]],
+) -> dict[Values, Values]:
+    pairs: dict[Values, Values] = {}
+    for source, target in target_of.items():
+        source_values = tuple(rows[source][c] for c in key.referred_columns)
+        target_values = tuple(rows[target][c] for c in key.referred_columns)
+        add_values(bind, key, pairs, source_values, target_values)
+    return pairs
+
+
+def add_values(
+    bind: Bind, key: ReferencingKey, pairs: dict[Values, Values], source: Values, target: Values
+) -> None:
+    """Add one pair's referred values, refusing a target that lacks them."""
+    if any(v is None for v in source) or source == target:
+        return
+    if any(v is None for v in target):
+        count = bind.execute(sql.count_references(key, source)).scalar_one()
+        if count:
+            raise ReferencesError(
+                f"cannot re-point {count} row(s) of {key.name}: the target's "
+                f"{', '.join(c.name for c in key.referred_columns)} is {target}"
+            )
+        return
+    pairs[source] = target
