@@ -55,6 +55,7 @@ from ._keys import ReferencingKey, UniqueKey, referencing_keys
 from ._merge import merge_into, merge_rows
 from ._mixin import ReferencesMixin
 from ._report import Conflict, KeyResult, MergeReport
+from ._session import ReferencesSession
 
 __all__ = [
     "BatchReport",
@@ -66,6 +67,7 @@ __all__ = [
     "MergeReport",
     "ReferencesError",
     "ReferencesMixin",
+    "ReferencesSession",
     "ReferencingKey",
     "UniqueKey",
     "dependents",

@@ -7,13 +7,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, inspect, select
 from sqlalchemy.exc import ArgumentError, NoInspectionAvailable
-from sqlalchemy.orm import InstanceState, Session, object_session
+from sqlalchemy.orm import InstanceState, Mapper, Session, object_session
 from sqlalchemy.orm.exc import UnmappedColumnError
 
 from . import _repoint as repoint
 from . import _statements as sql
 from ._errors import ReferencesError
-from ._keys import AnyColumn, reference_graph
+from ._keys import AnyColumn, ReferenceGraph, reference_graph
 from ._repoint import Bind, OnConflict, OnSelfReference, check_options
 from ._report import MergeReport
 from ._sync import SynchronizeMode, synchronize
@@ -80,6 +80,14 @@ def referred_values(obj: object, columns: Sequence[AnyColumn]) -> Values:
     return tuple(values)
 
 
+def graph_of(mapper: Mapper[Any]) -> ReferenceGraph:
+    """The reference graph of the MetaData ``mapper``'s table belongs to."""
+    table = mapper.local_table
+    if not isinstance(table, Table):
+        raise ReferencesError(f"{mapper} is not mapped to a Table")
+    return reference_graph(table.metadata)
+
+
 def merge_into(
     source: object,
     target: object,
@@ -87,7 +95,7 @@ def merge_into(
     on_conflict: OnConflict = "raise",
     delete: bool = False,
     dry_run: bool = False,
-    synchronize_session: SynchronizeMode = "evaluate",
+    synchronize_session: SynchronizeMode | None = None,
     on_self_reference: OnSelfReference = "raise",
 ) -> MergeReport:
     """Re-point every foreign key that references ``source`` to ``target``.
@@ -109,8 +117,8 @@ def merge_into(
     :param delete: delete ``source`` through the session afterwards, so ORM
       cascades and events run.
     :param dry_run: count only; nothing is written.
-    :param synchronize_session: ``"evaluate"`` (default), ``"fetch"``,
-      ``"expire"`` or ``False``.
+    :param synchronize_session: ``"evaluate"`` (the default, or the
+      ``ReferencesSession``'s own default), ``"fetch"``, ``"expire"`` or ``False``.
     :param on_self_reference: when the target references the source
       (``keeper.manager is dupe``): ``"raise"`` (default) or ``"null"`` to
       clear that reference first.
@@ -120,7 +128,8 @@ def merge_into(
         report = merge_into(dupe, keeper, on_conflict="delete", delete=True)
         print(report.rowcount)
     """
-    check_options(on_conflict, synchronize_session, on_self_reference)
+    mode = "evaluate" if synchronize_session is None else synchronize_session
+    check_options(on_conflict, mode, on_self_reference)
     session = session_of(source, target)
     queue = getattr(session, "_sa_references_queue", None)
     if queue is not None and not dry_run:
@@ -139,7 +148,7 @@ def merge_into(
         if not state.persistent:
             raise ReferencesError(f"{role} {obj!r} is not persistent ({_state_name(state)})")
     source_mapper, target_mapper = inspect(source).mapper, inspect(target).mapper
-    graph = reference_graph(source_mapper.local_table.metadata)
+    graph = graph_of(source_mapper)
     held_by_target = set(graph.keys_held_by(target_mapper))
     plans = repoint.plan(
         session,
@@ -161,12 +170,10 @@ def merge_into(
         with repoint.savepoint(session):
             all_moves = []
             for key_plan in plans:
-                result, moves = repoint.apply(
-                    session, key_plan, on_conflict, synchronize_session == "fetch"
-                )
+                result, moves = repoint.apply(session, key_plan, on_conflict, mode == "fetch")
                 report.keys.append(result)
                 all_moves.append(moves)
-            synced = synchronize(session, graph, [(source, target)], all_moves, synchronize_session)
+            synced = synchronize(session, graph, [(source, target)], all_moves, mode)
             touched, removed = synced.touched, synced.removed
             _expire_self_references(session, plans, target)
             if delete:

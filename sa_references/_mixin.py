@@ -51,7 +51,7 @@ class ReferencesMixin:
         on_conflict: OnConflict = "raise",
         delete: bool = False,
         dry_run: bool = False,
-        synchronize_session: SynchronizeMode = "evaluate",
+        synchronize_session: SynchronizeMode | None = None,
         on_self_reference: OnSelfReference = "raise",
     ) -> MergeReport:
         """Re-point every reference to this object to ``target``.

@@ -65,6 +65,8 @@ class MergeReport:
     keys: list[KeyResult] = field(default_factory=list)
     #: False while a merge queued on a ReferencesSession waits for the next flush
     applied: bool = True
+    #: for a queued merge, the report of the whole batch it was applied with
+    batch: MergeReport | None = field(default=None, repr=False)
 
     def __iter__(self) -> Iterator[KeyResult]:
         return iter(self.keys)

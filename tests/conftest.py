@@ -77,6 +77,9 @@ def server_engine(url: str, **kw: Any) -> Engine:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): run only on these backends (sqlite, postgresql, ...)"
+    )
     urls = _server_urls(config)
     config._sa_backends = list(SQLITE_BACKENDS) + urls  # type: ignore[attr-defined]
     for url in urls:

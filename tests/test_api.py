@@ -18,6 +18,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "MergeReport",
         "ReferencesError",
         "ReferencesMixin",
+        "ReferencesSession",
         "ReferencingKey",
         "UniqueKey",
         "dependents",
