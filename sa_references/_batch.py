@@ -10,9 +10,9 @@ clashes between several sources merged into one target.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, Table, select
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -40,37 +40,52 @@ T = TypeVar("T", bound=Hashable)
 _table_names = itertools.count(1)
 
 
-def resolve_chains(pairs: Iterable[tuple[T, T]], describe: Any = repr) -> dict[T, T]:
-    """``{source: final target}``: ``a -> b`` then ``b -> c`` ends with both at ``c``.
+class Chains(Generic[T]):
+    """Merge pairs with chains resolved: ``a -> b`` then ``b -> c`` leaves both at ``c``.
 
-    Raises :class:`ReferencesError` on a cycle, on a pair merging a row into
-    itself, and on a source given two different targets.
+    Adding a pair is O(1) amortised; a cycle, a row merged into itself, or a
+    source given two different targets raises :class:`ReferencesError` and
+    leaves the chains unchanged.
     """
-    target_of: dict[T, T] = {}
+
+    def __init__(self, describe: Callable[[T], str] = repr) -> None:
+        self.describe = describe
+        #: source -> final target
+        self.target_of: dict[T, T] = {}
+        self._sources_of: dict[T, set[T]] = {}
+
+    def add(self, source: T, target: T) -> set[T]:
+        """Add ``source -> target``; returns the sources whose final target changed."""
+        describe = self.describe
+        if source == target:
+            raise ReferencesError(f"cannot merge {describe(source)} into itself")
+        final = self.target_of.get(target, target)
+        if final == source:
+            raise ReferencesError(
+                f"merging {describe(source)} into {describe(target)} would close a cycle "
+                f"({describe(target)} is already merged into {describe(source)})"
+            )
+        previous = self.target_of.get(source)
+        if previous is not None:
+            if previous != final:
+                raise ReferencesError(
+                    f"{describe(source)} is already queued to be merged into {describe(previous)}"
+                )
+            return set()
+        changed = self._sources_of.pop(source, set())
+        changed.add(source)
+        for other in changed:
+            self.target_of[other] = final
+        self._sources_of.setdefault(final, set()).update(changed)
+        return changed
+
+
+def resolve_chains(pairs: Iterable[tuple[T, T]], describe: Callable[[T], str] = repr) -> dict[T, T]:
+    """``{source: final target}`` for ``pairs`` (see :class:`Chains`)."""
+    chains: Chains[T] = Chains(describe)
     for source, target in pairs:
-        add_pair(target_of, source, target, describe)
-    return target_of
-
-
-def add_pair(target_of: dict[T, T], source: T, target: T, describe: Any = repr) -> None:
-    """Add ``source -> target`` to a resolved mapping, keeping it resolved."""
-    if source == target:
-        raise ReferencesError(f"cannot merge {describe(source)} into itself")
-    final = target_of.get(target, target)
-    if final == source:
-        raise ReferencesError(
-            f"merging {describe(source)} into {describe(target)} would close a cycle "
-            f"({describe(target)} is already merged into {describe(source)})"
-        )
-    previous = target_of.get(source)
-    if previous is not None and previous != final:
-        raise ReferencesError(
-            f"{describe(source)} is already queued to be merged into {describe(previous)}"
-        )
-    target_of[source] = final
-    for other, other_target in target_of.items():
-        if other_target == source:
-            target_of[other] = final
+        chains.add(source, target)
+    return chains.target_of
 
 
 @dataclass
@@ -105,7 +120,7 @@ class _TemporaryTables:
         table = Table(
             name,
             MetaData(),
-            *(Column(n, c.type, nullable=False) for n, c in columns),
+            *(Column(n, c.type, nullable=False, autoincrement=False) for n, c in columns),
             PrimaryKeyConstraint(*key),
             prefixes=["TEMPORARY"],
         )
@@ -199,12 +214,17 @@ def run_batch(
 
 
 def _create_mappings(tables: _TemporaryTables, batches: Sequence[_KeyBatch]) -> None:
-    shared: dict[tuple[tuple[AnyColumn, ...], int], Table] = {}
+    """One mapping table per set of referred columns (keys that agree on the pairs share it)."""
+    shared: dict[tuple[AnyColumn, ...], list[tuple[dict[Values, Values], Table]]] = {}
     for batch in batches:
-        signature = (batch.key.referred_columns, id(batch.pairs))
-        if signature not in shared:
-            shared[signature] = tables.mapping(batch.key.referred_columns, batch.pairs)
-        batch.mapping = shared[signature]
+        candidates = shared.setdefault(batch.key.referred_columns, [])
+        for pairs, table in candidates:
+            if pairs is batch.pairs or pairs == batch.pairs:
+                batch.mapping = table
+                break
+        else:
+            batch.mapping = tables.mapping(batch.key.referred_columns, batch.pairs)
+            candidates.append((batch.pairs, batch.mapping))
 
 
 def _read_plan(bind: Bind, batches: Sequence[_KeyBatch], on_self_reference: str) -> None:
@@ -374,7 +394,7 @@ def add_values(
     if any(v is None for v in source) or source == target:
         return
     if any(v is None for v in target):
-        count = bind.execute(sql.count_references(key, source)).scalar_one()
+        count = bind.execute(sql.count_references(key), sql.pair_parameters(source)).scalar_one()
         if count:
             raise ReferencesError(
                 f"cannot re-point {count} row(s) of {key.name}: the target's "

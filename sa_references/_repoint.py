@@ -76,10 +76,10 @@ def savepoint(bind: Bind) -> Iterator[None]:
         yield
 
 
-def execute(bind: Bind, statement: Any, key: ReferencingKey, what: str) -> Any:
+def execute(bind: Bind, statement: Any, key: ReferencingKey, what: str, params: Any = None) -> Any:
     """Run one statement; a database error is annotated with the key it failed on."""
     try:
-        return bind.execute(statement)
+        return bind.execute(statement, params)
     except DBAPIError as error:
         error.add_note(f"sa_references: failed while {what} {key.name}")
         raise
@@ -123,7 +123,8 @@ def plan(
         if any(v is None for v in source_values):
             continue  # nothing can reference a NULL
         if any(v is None for v in target_values) or source_values == target_values:
-            count = bind.execute(sql.count_references(key, source_values)).scalar_one()
+            params = sql.pair_parameters(source_values)
+            count = bind.execute(sql.count_references(key), params).scalar_one()
             if count:
                 raise ReferencesError(
                     f"cannot re-point {count} row(s) of {key.name}: the target's "
@@ -133,10 +134,9 @@ def plan(
         key_plan = KeyPlan(key, source_values, target_values)
         if held_by_target(key) and target(key.columns) == source_values:
             key_plan.target_refers_to_source = target(key.identity)
+        params = sql.pair_parameters(source_values, target_values)
         for unique in key.unique_keys:
-            rows = bind.execute(
-                sql.conflicting_rows(key, unique, source_values, target_values)
-            ).all()
+            rows = bind.execute(sql.conflicting_rows(key, unique), params).all()
             if rows:
                 key_plan.conflicts.append(Conflict(key, unique.name, tuple(tuple(r) for r in rows)))
         plans.append(key_plan)
@@ -171,7 +171,8 @@ def check_plans(
 def dry_run(bind: Bind, plans: Sequence[KeyPlan], on_conflict: str) -> list[KeyResult]:
     results = []
     for key_plan in plans:
-        count = bind.execute(sql.count_references(key_plan.key, key_plan.source)).scalar_one()
+        params = sql.pair_parameters(key_plan.source)
+        count = bind.execute(sql.count_references(key_plan.key), params).scalar_one()
         clashing = len(key_plan.conflicting_rows) if on_conflict != "raise" else 0
         self_ref = 1 if key_plan.target_refers_to_source is not None else 0
         results.append(
@@ -205,16 +206,18 @@ def apply(
     keep = clashing if on_conflict == "ignore" else []
     result.left = len(keep)
     moves.kept.update(keep)
-    update = sql.repoint(key, key_plan.source, key_plan.target, keep)
+    update = sql.repoint(key, keep)
+    params = sql.pair_parameters(key_plan.source, key_plan.target)
     if not fetch:
-        result.repointed = execute(bind, update, key, "re-pointing").rowcount
+        result.repointed = execute(bind, update, key, "re-pointing", params).rowcount
         return result, moves
     if dialect_of(bind).update_returning:
-        rows = execute(bind, update.returning(*key.identity), key, "re-pointing").all()
+        returning = update.returning(*key.identity)
+        rows = execute(bind, returning, key, "re-pointing", params).all()
     else:
-        selected = execute(bind, sql.rows_of(key, key_plan.source), key, "reading").all()
+        selected = execute(bind, sql.rows_of(key), key, "reading", params).all()
         rows = [r for r in selected if tuple(r) not in moves.kept]
-        execute(bind, update, key, "re-pointing")
+        execute(bind, update, key, "re-pointing", params)
     moves.moved = {tuple(r): key_plan.target for r in rows}
     result.repointed = len(rows)
     return result, moves

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, inspect
+from sqlalchemy import event
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
+from sqlalchemy.orm.attributes import instance_state
 
-from ._batch import BatchReport, add_pair, add_values, run_batch
+from ._batch import BatchReport, Chains, add_values, run_batch
 from ._errors import ReferencesError
 from ._keys import ReferencingKey
-from ._merge import graph_of, referred_values
+from ._merge import graph_of, known_values
 from ._repoint import check_options, savepoint
 from ._report import MergeReport
 from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
@@ -33,7 +34,7 @@ class _QueuedMerge:
 
     @property
     def group(self) -> tuple[Mapper[Any], str, str, SynchronizeMode]:
-        mapper: Mapper[Any] = inspect(self.source).mapper
+        mapper: Mapper[Any] = instance_state(self.source).mapper
         return (mapper, self.on_conflict, self.on_self_reference, self.synchronize_session)
 
 
@@ -79,8 +80,9 @@ class ReferencesSession(Session):
         super().__init__(bind, **kwargs)
         self.synchronize_session: SynchronizeMode = synchronize_session
         self._queued: list[_QueuedMerge] = []
-        self._final_target: dict[int, int] = {}
-        self._queued_objects: dict[int, object] = {}
+        self._entries: dict[int, _QueuedMerge] = {}
+        self._objects: dict[int, object] = {}
+        self._chains: Chains[int] = Chains(self._describe)
         self._queue_marks: weakref.WeakKeyDictionary[SessionTransaction, int] = (
             weakref.WeakKeyDictionary()
         )
@@ -106,32 +108,44 @@ class ReferencesSession(Session):
         on_self_reference: str,
     ) -> MergeReport:
         mode = self.synchronize_session if synchronize_session is None else synchronize_session
-        names = {id(source): repr(source), id(target): repr(target)}
-        for entry in self._queued:
-            names.setdefault(id(entry.source), repr(entry.source))
-            names.setdefault(id(entry.target), repr(entry.target))
-        final = dict(self._final_target)
-        add_pair(final, id(source), id(target), names.__getitem__)
-        self._final_target = final
-        self._queued_objects[id(source)] = source
-        self._queued_objects[id(target)] = target
+        self._objects.setdefault(id(source), source)
+        self._objects.setdefault(id(target), target)
+        changed = self._chains.add(id(source), id(target))
         report = MergeReport(source, target, applied=False)
-        self._queued.append(
-            _QueuedMerge(source, target, on_conflict, delete, on_self_reference, mode, report)
-        )
-        for entry in self._queued:
-            entry.target = self._queued_objects[final[id(entry.source)]]
+        if id(source) in changed:
+            entry = _QueuedMerge(
+                source, target, on_conflict, delete, on_self_reference, mode, report
+            )
+            self._entries[id(source)] = entry
+            self._queued.append(entry)
+        for moved in changed:
+            self._entries[moved].target = self._objects[self._chains.target_of[moved]]
         return report
 
+    def _describe(self, object_id: int) -> str:
+        return repr(self._objects[object_id])
+
     def _clear_queue(self, keep: int = 0) -> None:
-        del self._queued[keep:]
-        self._final_target = {}
-        self._queued_objects = {}
-        for entry in self._queued:
-            # re-resolve what is left (chains stay resolved)
-            self._final_target[id(entry.source)] = id(entry.target)
-            self._queued_objects[id(entry.source)] = entry.source
-            self._queued_objects[id(entry.target)] = entry.target
+        """Drop the queued merges after the first ``keep``."""
+        kept = self._queued[:keep]
+        self._queued = []
+        self._entries = {}
+        self._objects = {}
+        self._chains = Chains(self._describe)
+        for entry in kept:
+            self._objects[id(entry.source)] = entry.source
+            self._objects[id(entry.target)] = entry.target
+            self._chains.add(id(entry.source), id(entry.target))
+            self._entries[id(entry.source)] = entry
+            self._queued.append(entry)
+
+    def rollback(self) -> None:
+        self._clear_queue()  # also when no transaction had begun yet
+        super().rollback()
+
+    def close(self) -> None:
+        self._clear_queue()
+        super().close()
 
     # -- applying ---------------------------------------------------------
     def flush(self, objects: Sequence[Any] | None = None) -> None:
@@ -160,7 +174,7 @@ class ReferencesSession(Session):
                         self.delete(entry.source)
         except BaseException:
             for obj in touched:
-                if inspect(obj).session is self:
+                if instance_state(obj).session is self:
                     self.expire(obj)
             for source in deferred:
                 if source not in self.deleted:
@@ -169,16 +183,16 @@ class ReferencesSession(Session):
         finally:
             self._applying = False
         for obj in removed:
-            if inspect(obj).session is self:
+            if instance_state(obj).session is self:
                 self.expunge(obj)
 
 
 def _undelete(session: Session, source: object, queued: Sequence[_QueuedMerge]) -> None:
     """Hold back a queued source's deletion (and what it cascaded to) until its merge ran."""
     session.add(source)
-    mapper = inspect(source).mapper
+    mapper = instance_state(source).mapper
     graph = graph_of(mapper)
-    state = inspect(source)
+    state = instance_state(source)
     for key in graph.keys_for_mapper(mapper):
         for rel in relationships(mapper, key).one_to_many:
             if rel.cascade.delete and rel.key in state.dict:
@@ -200,22 +214,19 @@ def _apply_group(session: Session, group: Sequence[_QueuedMerge]) -> SyncResult:
     first = group[0]
     for entry in group:
         for role, obj in (("source", entry.source), ("target", entry.target)):
-            state = inspect(obj)
+            state = instance_state(obj)
             if not state.persistent or (obj in session.deleted and obj is not entry.source):
                 raise ReferencesError(f"queued merge {role} {obj!r} is no longer persistent")
-    mapper: Mapper[Any] = inspect(first.source).mapper
+    mapper: Mapper[Any] = instance_state(first.source).mapper
     graph = graph_of(mapper)
     keys = graph.keys_for_mapper(mapper)
     key_pairs: dict[ReferencingKey, dict[Values, Values]] = {key: {} for key in keys}
-    for entry in group:
-        for key in keys:
-            add_values(
-                session,
-                key,
-                key_pairs[key],
-                referred_values(entry.source, key.referred_columns),
-                referred_values(entry.target, key.referred_columns),
-            )
+    for columns, same in _by_referred_columns(keys).items():
+        for entry in group:
+            source = known_values(entry.source, columns)
+            target = known_values(entry.target, columns)
+            for key in same:
+                add_values(session, key, key_pairs[key], source, target)
     results, moves = run_batch(
         session,
         key_pairs,
@@ -230,6 +241,15 @@ def _apply_group(session: Session, group: Sequence[_QueuedMerge]) -> SyncResult:
         entry.report.batch = batch
         entry.report.applied = True
     return synchronize(session, graph, pairs, moves, first.synchronize_session)
+
+
+def _by_referred_columns(
+    keys: Sequence[ReferencingKey],
+) -> dict[tuple[Any, ...], list[ReferencingKey]]:
+    grouped: dict[tuple[Any, ...], list[ReferencingKey]] = {}
+    for key in keys:
+        grouped.setdefault(key.referred_columns, []).append(key)
+    return grouped
 
 
 def _apply_before_commit(session: ReferencesSession) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -58,13 +59,33 @@ def identity_in(columns: Sequence[AnyColumn], identities: Sequence[Values]) -> C
     return or_(*(_identity_in(columns, chunk) for chunk in chunks(identities)))
 
 
-def count_references(key: ReferencingKey, source: Values) -> Select[Any]:
-    return select(func.count()).select_from(key.table).where(matches(key.columns, source))
+def pair_parameters(source: Values, target: Values = ()) -> dict[str, Any]:
+    """Values for the ``src_<i>``/``tgt_<i>`` parameters of the cached statements below."""
+    params = {f"src_{i}": v for i, v in enumerate(source)}
+    params.update({f"tgt_{i}": v for i, v in enumerate(target)})
+    return params
 
 
-def conflicting_rows(
-    key: ReferencingKey, unique: UniqueKey, source: Values, target: Values
-) -> Select[Any]:
+def _named(columns: Sequence[AnyColumn], prefix: str) -> list[Any]:
+    return [bindparam(f"{prefix}_{i}", type_=c.type) for i, c in enumerate(columns)]
+
+
+def _from_source(key: ReferencingKey) -> ColumnElement[bool]:
+    return and_(*(c == p for c, p in zip(key.columns, _named(key.columns, "src"))))
+
+
+# The statements of a single merge are built once per key and cached (with
+# named parameters), so SQLAlchemy's compiled cache serves every later merge.
+
+
+@functools.lru_cache(maxsize=4096)
+def count_references(key: ReferencingKey) -> Select[Any]:
+    """``SELECT count(*)`` of the rows referencing ``:src_<i>`` through ``key``."""
+    return select(func.count()).select_from(key.table).where(_from_source(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def conflicting_rows(key: ReferencingKey, unique: UniqueKey) -> Select[Any]:
     """Identities of the source's rows that would clash on ``unique`` once re-pointed.
 
     A source row clashes when another row, not moving, already holds the
@@ -72,43 +93,44 @@ def conflicting_rows(
     """
     table = key.table
     other = table.alias("other")
-    new_value = dict(zip(key.columns, target))
-    criteria: list[ColumnElement[bool]] = []
-    for column in unique.columns:
-        if column in new_value:
-            criteria.append(
-                other.c[column.key] == bindparam(None, new_value[column], type_=column.type)
-            )
-        else:
-            criteria.append(other.c[column.key] == column)
+    new_value = dict(zip(key.columns, _named(key.columns, "tgt")))
+    criteria: list[ColumnElement[bool]] = [
+        other.c[column.key] == new_value.get(column, column) for column in unique.columns
+    ]
     if not set(key.columns) <= set(unique.columns):
+        sources = _named(key.columns, "src")
         criteria.append(
-            or_(*(other.c[c.key].is_distinct_from(v) for c, v in zip(key.columns, source)))
+            or_(*(other.c[c.key].is_distinct_from(p) for c, p in zip(key.columns, sources)))
         )
     return (
         select(*key.identity)
-        .where(matches(key.columns, source), exists().where(*criteria))
+        .where(_from_source(key), exists().where(*criteria))
         .order_by(*key.identity)
     )
 
 
-def rows_of(key: ReferencingKey, source: Values) -> Select[Any]:
-    """Identities of every row that references ``source`` through ``key``."""
-    return select(*key.identity).where(matches(key.columns, source)).order_by(*key.identity)
+@functools.lru_cache(maxsize=4096)
+def rows_of(key: ReferencingKey) -> Select[Any]:
+    """Identities of every row that references ``:src_<i>`` through ``key``."""
+    return select(*key.identity).where(_from_source(key)).order_by(*key.identity)
 
 
-def repoint(
-    key: ReferencingKey, source: Values, target: Values, keep: Sequence[Values] = ()
-) -> Update:
-    """``UPDATE table SET fk = target WHERE fk = source`` (rows in ``keep`` excluded)."""
-    criteria = matches(key.columns, source)
-    if keep:
-        criteria = and_(criteria, not_(identity_in(key.identity, keep)))
+@functools.lru_cache(maxsize=4096)
+def _repoint(key: ReferencingKey) -> Update:
+    targets = _named(key.columns, "tgt")
     return (
         update(key.table)
-        .where(criteria)
-        .values({c.key: bindparam(None, v, type_=c.type) for c, v in zip(key.columns, target)})
+        .where(_from_source(key))
+        .values(dict(zip((c.key for c in key.columns), targets)))
     )
+
+
+def repoint(key: ReferencingKey, keep: Sequence[Values] = ()) -> Update:
+    """``UPDATE table SET fk = :tgt WHERE fk = :src`` (rows in ``keep`` excluded)."""
+    statement = _repoint(key)
+    if keep:
+        statement = statement.where(not_(identity_in(key.identity, keep)))
+    return statement
 
 
 def delete_rows(key: ReferencingKey, source: Values, rows: Sequence[Values]) -> Delete:

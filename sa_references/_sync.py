@@ -14,14 +14,16 @@ for what can be computed, and instance expiry for what cannot.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, inspect
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import InstanceState, Mapper, RelationshipProperty, Session
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.collections import collection_adapter
+from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey
@@ -89,6 +91,10 @@ class _Relationships:
         self.one_to_many: list[Relationship] = []
         self.secondary_parent: list[Relationship] = []
         self.secondary_item: list[Relationship] = []
+        try:
+            self.column_attributes = [mapper.get_property_by_column(c).key for c in key.columns]
+        except UnmappedColumnError:
+            self.column_attributes = []
         for rel in mapper.relationships:
             if rel.lazy in ("dynamic", "write_only", "noload"):
                 continue
@@ -103,16 +109,26 @@ class _Relationships:
                     self.secondary_parent.append(rel)
                 elif set(rel.secondary_synchronize_pairs or ()) == backward:
                     self.secondary_item.append(rel)
+        self.has_parent_side = bool(self.one_to_many or self.secondary_parent)
 
 
-_relationship_cache: dict[tuple[Mapper[Any], ReferencingKey], _Relationships] = {}
+_relationship_cache: weakref.WeakKeyDictionary[
+    ReferencingKey, dict[Mapper[Any], _Relationships]
+] = weakref.WeakKeyDictionary()
+
+
+_classes_touched: weakref.WeakKeyDictionary[ReferencingKey, frozenset[type]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def relationships(mapper: Mapper[Any], key: ReferencingKey) -> _Relationships:
+    """The relationships of ``mapper`` that follow ``key`` (cached with the key)."""
+    by_mapper = _relationship_cache.setdefault(key, {})
     try:
-        return _relationship_cache[(mapper, key)]
+        return by_mapper[mapper]
     except KeyError:
-        rels = _relationship_cache[(mapper, key)] = _Relationships(mapper, key)
+        rels = by_mapper[mapper] = _Relationships(mapper, key)
         return rels
 
 
@@ -157,7 +173,7 @@ class _Synchronizer:
             found: dict[Values, object] = {}
             for source, target in self.pairs:
                 for obj in (source, target):
-                    values = column_values(inspect(obj), key.referred_columns)
+                    values = column_values(instance_state(obj), key.referred_columns)
                     if values is not None:
                         found[values] = obj
             self._objects_by_values[key] = found
@@ -187,7 +203,7 @@ class _Synchronizer:
         key = km.key
         mapper = state.mapper
         rels = relationships(mapper, key)
-        props = [mapper.get_property_by_column(c).key for c in key.columns]
+        props = rels.column_attributes
         if any(p in state.committed_state for p in props) or any(
             r.key in state.committed_state for r in rels.many_to_one
         ):
@@ -198,7 +214,7 @@ class _Synchronizer:
             for rel in rels.many_to_one:
                 value = state.dict.get(rel.key, _NOT_LOADED)
                 if value is not _NOT_LOADED and value is not None:
-                    current = column_values(inspect(value), key.referred_columns)
+                    current = column_values(instance_state(value), key.referred_columns)
                     break
         if km.moved is not None:  # fetched: only the rows known to have moved
             if identity is None:
@@ -266,7 +282,7 @@ class _Synchronizer:
                 if member not in changed:
                     changed.append(member)
                 continue
-            source_values = column_values(inspect(member), key.referred_columns) or ()
+            source_values = column_values(instance_state(member), key.referred_columns) or ()
             row = dict(zip(key.columns, source_values)) | item_values
             identity = (
                 tuple(row[c] for c in key.identity) if all(c in row for c in key.identity) else None
@@ -285,7 +301,7 @@ class _Synchronizer:
     # -- collections of the sources and targets --------------------------
     def parent(self, source: object, target: object, km: KeyMoves) -> None:
         key = km.key
-        source_state, target_state = inspect(source), inspect(target)
+        source_state, target_state = instance_state(source), instance_state(target)
         rels = relationships(source_state.mapper, key)
         for rel in rels.one_to_many:
             self.parent_collection(source_state, target_state, km, rel, self.holder_identity)
@@ -296,7 +312,7 @@ class _Synchronizer:
 
     @staticmethod
     def holder_identity(member: object, km: KeyMoves) -> Values | None:
-        return column_values(inspect(member), km.key.identity)
+        return column_values(instance_state(member), km.key.identity)
 
     @staticmethod
     def secondary_identity(
@@ -309,7 +325,7 @@ class _Synchronizer:
 
         def identity(member: object, _km: KeyMoves) -> Values | None:
             other = {sec: col for col, sec in rel.secondary_synchronize_pairs or ()}
-            values = column_values(inspect(member), list(other.values()))
+            values = column_values(instance_state(member), list(other.values()))
             if values is None:
                 return None
             row = source_values | dict(zip(other, values))
@@ -368,25 +384,63 @@ class _Synchronizer:
         self.touch(target)
 
     # -- the whole pass ----------------------------------------------------
+    def plan_for(
+        self, mapper: Mapper[Any]
+    ) -> tuple[list[KeyMoves], list[tuple[KeyMoves, Relationship]]]:
+        """What to look at on objects of ``mapper``: keys they hold, collections they keep."""
+        held = [self.by_key[k] for k in self.graph.keys_held_by(mapper) if k in self.by_key]
+        items = [
+            (km, rel)
+            for km in self.by_key.values()
+            for rel in relationships(mapper, km.key).secondary_item
+        ]
+        return held, items
+
+    def classes_touched(self, key: ReferencingKey) -> frozenset[type]:
+        """Identity-key classes of the objects that can hold ``key`` or list its rows."""
+        found = _classes_touched.get(key)
+        if found is None:
+            mappers = set(self.graph.mappers_by_table.get(key.table, ()))
+            mappers.update(m for m in self.graph.mappers if relationships(m, key).secondary_item)
+            found = _classes_touched[key] = frozenset(m.base_mapper.class_ for m in mappers)
+        return found
+
     def run(self) -> SyncResult:
         if self.mode is False or not self.by_key:
             return self.result
-        for state in list(self.session.identity_map.all_states()):
-            if state.obj() is None:
+        plans: dict[Mapper[Any], tuple[list[KeyMoves], list[tuple[KeyMoves, Relationship]]]] = {}
+        classes = frozenset().union(*(self.classes_touched(km.key) for km in self.by_key.values()))
+        identity_map = self.session.identity_map
+        for identity_key in list(identity_map.keys()) if classes else ():
+            if identity_key[0] not in classes:
                 continue
+            obj = identity_map.get(identity_key)
+            if obj is None:
+                continue
+            state = instance_state(obj)
             mapper = state.mapper
-            for key in self.graph.keys_held_by(mapper):
-                km = self.by_key.get(key)
-                if km is not None:
-                    self.holder(state, km)
-            for km in self.by_key.values():
-                for rel in relationships(mapper, km.key).secondary_item:
-                    self.item(state, km, rel)
+            plan = plans.get(mapper)
+            if plan is None:
+                plan = plans[mapper] = self.plan_for(mapper)
+            if not (plan[0] or plan[1]):
+                continue
+            for km in plan[0]:
+                self.holder(state, km)
+            for km, rel in plan[1]:
+                self.item(state, km, rel)
+        parents: dict[Mapper[Any], list[KeyMoves]] = {}
         for source, target in self.pairs:
-            source_mapper = inspect(source).mapper
-            for km in self.by_key.values():
-                if km.key.referred_table in source_mapper.tables:
-                    self.parent(source, target, km)
+            source_mapper = instance_state(source).mapper
+            keys = parents.get(source_mapper)
+            if keys is None:
+                keys = parents[source_mapper] = [
+                    km
+                    for km in self.by_key.values()
+                    if km.key.referred_table in source_mapper.tables
+                    and relationships(source_mapper, km.key).has_parent_side
+                ]
+            for km in keys:
+                self.parent(source, target, km)
         return self.result
 
 
