@@ -351,6 +351,11 @@ class _Synchronizer:
                 self.expire(source, [rel.key])
             if in_target:
                 self.expire(target, [rel.key])
+            if self.mode != "expire" and not km.kept and rel.key not in source_state.dict:
+                # every row left the source: its collection is known to be empty, so
+                # deleting the source later needs no SELECT to find children to null out
+                _set_members(source, rel, [])
+                self.touch(source)
             return
         moving, staying = [], []
         for member in _members(source_state, rel):

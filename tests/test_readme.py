@@ -30,6 +30,17 @@ def test_quickstart_runs(tmp_path: Path) -> None:
     assert lines[-2:] == ["2", "2 True"]
 
 
+def test_batch_example_runs(tmp_path: Path) -> None:
+    (block,) = python_blocks("Many merges at once: `ReferencesSession`")
+    script = tmp_path / "batch.py"
+    script.write_text(block)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["900", "100", "20"]
+
+
 def test_readme_test_command_matches_ci() -> None:
     text = README.read_text()
     command = re.search(r"## Tests\n\n```bash\n(.*?)```", text, re.S).group(1)  # type: ignore[union-attr]
