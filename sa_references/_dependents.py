@@ -6,12 +6,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Select, Table, false, func, inspect, select
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import InstanceState, Mapper, Session, registry
 
 from . import _statements as sql
 from ._errors import ReferencesError
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey, reference_graph
-from ._merge import fetch_row, instance_state, primary_key_values, referred_values
+from ._merge import _state_name, fetch_row, instance_state, primary_key_values, referred_values
 
 Values = tuple[Any, ...]
 
@@ -29,7 +30,7 @@ class KeyDependents:
         self._owner = owner
         self.key = key
         self.mapper: Mapper[Any] | None = (
-            owner.graph.primary_mapper(key.table) if isinstance(owner.bind, Session) else None
+            owner.graph.primary_mapper(key.table, owner.registry) if owner.load_objects else None
         )
 
     def _where(self, statement: Select[Any]) -> Select[Any]:
@@ -51,7 +52,8 @@ class KeyDependents:
             return iter(())
         result = self._owner.bind.execute(self.select())
         if self.mapper is not None:
-            return iter(result.scalars().all())
+            # unique(): required by joined eager loads of collections; rows are unique anyway
+            return iter(result.scalars().unique().all())
         return iter(result.all())
 
     def count(self) -> int:
@@ -67,10 +69,12 @@ class KeyDependents:
 class Dependents:
     """The rows that reference a row, grouped by referencing key.
 
-    Nothing runs until iterated or counted.  Iteration loads each key's rows
-    with one query, keys in a deterministic order and rows by identity;
-    :meth:`count` counts every key in one statement without loading;
-    :meth:`by_key` breaks it down, association tables included.
+    Nothing runs until iterated or counted, and each time the referenced
+    row's current values are used.  Iteration loads each key's rows with one
+    query, keys in a deterministic order and rows by identity; :meth:`count`
+    counts every key in one statement without loading; :meth:`by_key` breaks
+    it down, association tables included.  A key whose referred value is NULL
+    (``customer.code``) references nothing and runs no query.
 
     E.g.::
 
@@ -87,20 +91,24 @@ class Dependents:
         keys: Sequence[ReferencingKey],
         values_of: Callable[[Sequence[AnyColumn]], Values],
         description: str,
+        *,
+        load_objects: bool | None = None,
+        registry: registry | None = None,
     ) -> None:
         self.bind = bind
         self.graph = graph
         self.keys = tuple(keys)
+        #: ORM objects for mapped referencing tables (default: when ``bind`` is a Session)
+        self.load_objects = isinstance(bind, Session) if load_objects is None else load_objects
+        #: the registry whose classes are preferred when several map a referencing table
+        self.registry = registry
         self._values_of = values_of
         self._description = description
-        self._values: dict[ReferencingKey, Values | None] = {}
 
     def values(self, key: ReferencingKey) -> Values | None:
         """The referenced row's values for ``key`` (None: nothing can reference it)."""
-        if key not in self._values:
-            values = self._values_of(key.referred_columns)
-            self._values[key] = None if any(v is None for v in values) else values
-        return self._values[key]
+        values = self._values_of(key.referred_columns)
+        return None if any(v is None for v in values) else values
 
     def by_key(self) -> dict[ReferencingKey, KeyDependents]:
         return {key: KeyDependents(self, key) for key in self.keys}
@@ -111,7 +119,11 @@ class Dependents:
 
     def count(self) -> int:
         """Every referencing row, all keys, in one statement."""
-        counts = [rows.count_select().scalar_subquery() for rows in self.by_key().values()]
+        counts = [
+            rows.count_select().scalar_subquery()
+            for key, rows in self.by_key().items()
+            if self.values(key) is not None
+        ]
         if not counts:
             return 0
         row = self.bind.execute(select(*counts)).one()
@@ -132,33 +144,55 @@ def dependents(obj: object) -> Dependents:
     state = instance_state(obj, "obj")
     session = state.session
     if session is None:
-        raise ReferencesError(f"{obj!r} is not attached to a Session")
-    graph = reference_graph(state.mapper.local_table.metadata)  # type: ignore[attr-defined]
+        raise ReferencesError(f"{_describe(state)} is not attached to a Session")
+    mapper = state.mapper
+    tables = [t for t in mapper.tables if isinstance(t, Table)]
+    if not tables:
+        raise ArgumentError(f"{mapper} maps no Table")
+    graph = reference_graph(tables[0].metadata)
 
     def values_of(columns: Sequence[AnyColumn]) -> Values:
         current = inspect(obj)
+        if current.session is session and obj in session.deleted:
+            raise ReferencesError(f"{_describe(current)} is marked for deletion")
         if current.pending:
             if not session.autoflush:
-                raise ReferencesError(f"{obj!r} is pending and autoflush is off")
+                raise ReferencesError(f"{_describe(current)} is pending and autoflush is off")
             session.flush()
-        if current.deleted or current.detached or current.was_deleted:
-            raise ReferencesError(f"{obj!r} is no longer persistent")
+        if not current.persistent or current.session is not session:
+            raise ReferencesError(f"{_describe(current)} is no longer in its Session")
         return referred_values(obj, columns)
 
-    return Dependents(session, graph, graph.keys_for_mapper(state.mapper), values_of, repr(obj))
+    keys = graph.keys_for_mapper(mapper)
+    return Dependents(session, graph, keys, values_of, _describe(state), registry=mapper.registry)
+
+
+def _describe(state: InstanceState[Any]) -> str:
+    """``transient Customer``, ``Customer (17,)``: never loads, unlike ``repr(obj)`` may."""
+    name = state.class_.__name__
+    if state.identity is None:
+        return f"{_state_name(state)} {name}"
+    prefix = "" if state.persistent else f"{_state_name(state)} "
+    return f"{prefix}{name} {state.identity!r}"
 
 
 def row_dependents(bind: Session | Connection, table: Table, key: Any) -> Dependents:
     """The rows that reference the row of ``table`` with primary key ``key``.
 
     For any :class:`~sqlalchemy.schema.Table`, reflected ones too; iteration
-    yields :class:`~sqlalchemy.engine.Row` objects.
+    yields :class:`~sqlalchemy.engine.Row` objects.  ``key`` is a scalar, a
+    sequence (composite keys) or a mapping of column name to value.  The
+    referenced row is read once, at the first count or iteration
+    (:class:`ReferencesError` when it does not exist); on a Session the
+    statements go through it, so pending changes are flushed first.
 
     E.g.::
 
         deps = row_dependents(connection, metadata.tables["customer"], 17)
         print({k.name: rows.count() for k, rows in deps.by_key().items()})
     """
+    if not isinstance(table, Table):
+        raise ArgumentError(f"expected a Table; got {table!r}")
     primary_key = primary_key_values(table, key)
     graph = reference_graph(table.metadata)
     row: dict[AnyColumn, Any] = {}
@@ -168,7 +202,6 @@ def row_dependents(bind: Session | Connection, table: Table, key: Any) -> Depend
             row.update(fetch_row(bind, table, primary_key, "referenced"))
         return tuple(row[c] for c in columns)
 
-    if isinstance(bind, Session):
-        bind = bind.connection()
     description = f"{table.fullname} {primary_key!r}"
-    return Dependents(bind, graph, graph.keys_for_tables([table]), values_of, description)
+    keys = graph.keys_for_tables([table])
+    return Dependents(bind, graph, keys, values_of, description, load_objects=False)

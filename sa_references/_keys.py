@@ -1,13 +1,13 @@
 """Finding the foreign keys that reference a table (discovery).
 
 The graph of referencing keys is computed once per :class:`MetaData` and
-cached; it is rebuilt only when the schema or the set of mappers changes
-(tables, constraints or mappers created anywhere bump a global version).
+cached; it is rebuilt only when that MetaData changes: a table, constraint or
+index attached to it, a table removed, or a mapper constructed for one of its
+tables.  Changes to other MetaData objects leave it alone.
 """
 
 from __future__ import annotations
 
-import itertools
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,23 +25,37 @@ from sqlalchemy import (
     inspect,
 )
 from sqlalchemy.exc import ArgumentError, NoReferencedTableError
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, registry
 from sqlalchemy.orm.mapper import _all_registries
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import UnaryExpression
 
 AnyColumn = Column[Any]
 
-_versions = itertools.count(1)
-_schema_version = next(_versions)
+_ORDERING = (operators.asc_op, operators.desc_op)
+
+#: a change counter per MetaData; a cached graph is current while it is unchanged
+_versions: weakref.WeakKeyDictionary[MetaData, int] = weakref.WeakKeyDictionary()
 
 
-def _schema_changed(*_args: Any, **_kw: Any) -> None:
-    global _schema_version
-    _schema_version = next(_versions)
+def _changed(metadata: Any) -> None:
+    if isinstance(metadata, MetaData):
+        _versions[metadata] = _versions.get(metadata, 0) + 1
+
+
+def _attached(_target: Any, parent: Any) -> None:
+    """A table attached to a MetaData, or a constraint or index to a table."""
+    _changed(parent if isinstance(parent, MetaData) else getattr(parent, "metadata", None))
+
+
+def _mapper_constructed(mapper: Mapper[Any], _class: Any) -> None:
+    for metadata in {getattr(t, "metadata", None) for t in mapper.tables}:
+        _changed(metadata)
 
 
 for _target in (Table, ForeignKeyConstraint, UniqueConstraint, PrimaryKeyConstraint, Index):
-    event.listen(_target, "after_parent_attach", _schema_changed)
-event.listen(Mapper, "after_mapper_constructed", _schema_changed)
+    event.listen(_target, "after_parent_attach", _attached)
+event.listen(Mapper, "after_mapper_constructed", _mapper_constructed)
 
 
 @dataclass(frozen=True)
@@ -79,11 +93,14 @@ class ReferencingKey:
         return self.table is self.referred_table
 
     @property
-    def sort_key(self) -> tuple[str, tuple[str, ...], str]:
+    def sort_key(self) -> tuple[str, tuple[str, ...], str, tuple[str, ...], str]:
+        """Referencing table and columns first; a total order even for twin constraints."""
         return (
             self.table.fullname,
             tuple(c.name for c in self.columns),
             self.referred_table.fullname,
+            tuple(c.name for c in self.referred_columns),
+            _name(self.constraint.name, ""),
         )
 
     def __repr__(self) -> str:
@@ -92,6 +109,18 @@ class ReferencingKey:
 
 def _name(name: Any, fallback: str) -> str:
     return str(name) if isinstance(name, str) and name else fallback
+
+
+def _index_columns(index: Index) -> tuple[AnyColumn, ...] | None:
+    """The plain columns an index is over; None when one is an expression (``lower(name)``)."""
+    columns: list[AnyColumn] = []
+    for expression in index.expressions:
+        if isinstance(expression, UnaryExpression) and expression.modifier in _ORDERING:
+            expression = expression.element  # name DESC orders the index, it is still on name
+        if not isinstance(expression, Column):
+            return None
+        columns.append(expression)
+    return tuple(columns)
 
 
 def _unique_keys(table: Table) -> tuple[UniqueKey, ...]:
@@ -105,7 +134,7 @@ def _unique_keys(table: Table) -> tuple[UniqueKey, ...]:
         )
     for constraint in sorted(
         (c for c in table.constraints if isinstance(c, UniqueConstraint)),
-        key=lambda c: tuple(col.name for col in c.columns),
+        key=lambda c: (tuple(col.name for col in c.columns), _name(c.name, "")),
     ):
         keys.append(
             UniqueKey(
@@ -116,12 +145,15 @@ def _unique_keys(table: Table) -> tuple[UniqueKey, ...]:
                 tuple(constraint.columns),
             )
         )
-    for index in sorted(table.indexes, key=lambda i: i.name or ""):
+    for index in sorted(
+        table.indexes, key=lambda i: (_name(i.name, ""), tuple(c.name for c in i.columns))
+    ):
         partial = any(opts.get("where") is not None for opts in index.dialect_options.values())
-        columns = tuple(index.columns)
-        if not index.unique or partial or len(columns) != len(index.expressions):
+        columns = _index_columns(index)
+        if not index.unique or partial or columns is None:
             continue  # partial and expression indexes cannot be checked up front
-        keys.append(UniqueKey(str(index.name), columns))
+        fallback = f"unique index ({', '.join(c.name for c in columns)})"
+        keys.append(UniqueKey(_name(index.name, fallback), columns))
     return tuple(keys)
 
 
@@ -140,14 +172,18 @@ def _inheritance_constraints(mappers: Iterable[Mapper[Any]]) -> set[ForeignKeyCo
     found: set[ForeignKeyConstraint] = set()
     for mapper in mappers:
         parent = mapper.inherits
-        if parent is None or mapper.local_table is parent.local_table:
-            continue
+        if parent is None or mapper.concrete or mapper.local_table is parent.local_table:
+            continue  # concrete tables hold no inheritance key: their keys are references
         local = mapper.local_table
         if not isinstance(local, Table):
             continue
         pk = set(local.primary_key.columns)
         for fk in local.foreign_key_constraints:
-            if fk.referred_table in parent.tables and set(fk.columns) <= pk:
+            try:
+                referred = fk.referred_table
+            except NoReferencedTableError:
+                continue  # points outside the MetaData
+            if referred in parent.tables and set(fk.columns) <= pk:
                 found.add(fk)
     return found
 
@@ -157,7 +193,7 @@ class ReferenceGraph:
 
     def __init__(self, metadata: MetaData) -> None:
         self.metadata = metadata
-        self.version = _schema_version
+        self.version = _versions.get(metadata, 0)
         self.table_count = len(metadata.tables)
         self.mappers = sorted(
             (
@@ -208,7 +244,8 @@ class ReferenceGraph:
 
     @property
     def is_current(self) -> bool:
-        return self.version == _schema_version and self.table_count == len(self.metadata.tables)
+        unchanged = self.version == _versions.get(self.metadata, 0)
+        return unchanged and self.table_count == len(self.metadata.tables)
 
     def keys_for_tables(self, tables: Iterable[Table]) -> tuple[ReferencingKey, ...]:
         keys = [k for t in tables for k in self.by_referred.get(t, ())]
@@ -233,13 +270,23 @@ class ReferenceGraph:
             self._held_by_mapper[mapper] = keys
             return keys
 
-    def primary_mapper(self, table: Table) -> Mapper[Any] | None:
-        """The mapper that loads rows of ``table``: the base-most one mapping it locally."""
-        candidates = [m for m in self.mappers_by_table.get(table, ()) if m.local_table is table]
+    def primary_mapper(self, table: Table, prefer: registry | None = None) -> Mapper[Any] | None:
+        """The mapper that loads rows of ``table``: the base-most one mapping it locally.
+
+        When classes of several registries map ``table`` (an automap base over
+        tables that declarative classes map too), one of the ``prefer``
+        registry wins, then the first by module and name.
+        """
+        candidates = [
+            m
+            for m in self.mappers_by_table.get(table, ())
+            if m.local_table is table
+            and (m.inherits is None or m.inherits.local_table is not table)
+        ]
         for mapper in candidates:
-            if mapper.inherits is None or mapper.inherits.local_table is not table:
+            if mapper.registry is prefer:
                 return mapper
-        return None
+        return candidates[0] if candidates else None
 
 
 _graphs: weakref.WeakKeyDictionary[MetaData, ReferenceGraph] = weakref.WeakKeyDictionary()
