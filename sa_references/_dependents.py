@@ -7,12 +7,18 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, Table, false, func, inspect, select
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import InstanceState, Mapper, Session, registry
+from sqlalchemy.orm import Mapper, Session, registry
 
 from . import _statements as sql
 from ._errors import ReferencesError
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey, reference_graph
-from ._merge import _state_name, fetch_row, instance_state, primary_key_values, referred_values
+from ._merge import (
+    describe,
+    fetch_row,
+    instance_state,
+    primary_key_values,
+    referred_values,
+)
 
 Values = tuple[Any, ...]
 
@@ -144,7 +150,7 @@ def dependents(obj: object) -> Dependents:
     state = instance_state(obj, "obj")
     session = state.session
     if session is None:
-        raise ReferencesError(f"{_describe(state)} is not attached to a Session")
+        raise ReferencesError(f"{describe(state)} is not attached to a Session")
     mapper = state.mapper
     tables = [t for t in mapper.tables if isinstance(t, Table)]
     if not tables:
@@ -154,26 +160,17 @@ def dependents(obj: object) -> Dependents:
     def values_of(columns: Sequence[AnyColumn]) -> Values:
         current = inspect(obj)
         if current.session is session and obj in session.deleted:
-            raise ReferencesError(f"{_describe(current)} is marked for deletion")
+            raise ReferencesError(f"{describe(current)} is marked for deletion")
         if current.pending:
             if not session.autoflush:
-                raise ReferencesError(f"{_describe(current)} is pending and autoflush is off")
+                raise ReferencesError(f"{describe(current)} is pending and autoflush is off")
             session.flush()
         if not current.persistent or current.session is not session:
-            raise ReferencesError(f"{_describe(current)} is no longer in its Session")
+            raise ReferencesError(f"{describe(current)} is no longer in its Session")
         return referred_values(obj, columns)
 
     keys = graph.keys_for_mapper(mapper)
-    return Dependents(session, graph, keys, values_of, _describe(state), registry=mapper.registry)
-
-
-def _describe(state: InstanceState[Any]) -> str:
-    """``transient Customer``, ``Customer (17,)``: never loads, unlike ``repr(obj)`` may."""
-    name = state.class_.__name__
-    if state.identity is None:
-        return f"{_state_name(state)} {name}"
-    prefix = "" if state.persistent else f"{_state_name(state)} "
-    return f"{prefix}{name} {state.identity!r}"
+    return Dependents(session, graph, keys, values_of, describe(state), registry=mapper.registry)
 
 
 def row_dependents(bind: Session | Connection, table: Table, key: Any) -> Dependents:

@@ -39,20 +39,29 @@ def _state_name(state: InstanceState[Any]) -> str:
     return "unknown state"  # pragma: no cover
 
 
+def describe(state: InstanceState[Any]) -> str:
+    """``transient Customer``, ``Customer (17,)``: never loads, unlike ``repr(obj)`` may."""
+    name = state.class_.__name__
+    if state.identity is None:
+        return f"{_state_name(state)} {name}"
+    prefix = "" if state.persistent else f"{_state_name(state)} "
+    return f"{prefix}{name} {state.identity!r}"
+
+
 def session_of(source: object, target: object) -> Session:
     """The session both objects belong to; raises on any mismatch."""
     source_state = instance_state(source, "source")
     target_state = instance_state(target, "target")
     if source is target:
-        raise ReferencesError(f"cannot merge {source!r} into itself")
+        raise ReferencesError(f"cannot merge {describe(source_state)} into itself")
     session = object_session(source)
-    for role, obj, state in (("source", source, source_state), ("target", target, target_state)):
-        if object_session(obj) is None:
-            raise ReferencesError(
-                f"{role} {obj!r} is not attached to a Session ({_state_name(state)})"
-            )
+    for role, state in (("source", source_state), ("target", target_state)):
+        if state.session is None:
+            raise ReferencesError(f"{role} {describe(state)} is not attached to a Session")
     if object_session(target) is not session:
-        raise ReferencesError(f"{source!r} and {target!r} belong to different sessions")
+        raise ReferencesError(
+            f"{describe(source_state)} and {describe(target_state)} belong to different sessions"
+        )
     assert session is not None
     if not target_state.mapper.isa(source_state.mapper):
         raise ReferencesError(
@@ -61,7 +70,7 @@ def session_of(source: object, target: object) -> Session:
         )
     for role, state in (("source", source_state), ("target", target_state)):
         if state.deleted or state.was_deleted or state.obj() in session.deleted:
-            raise ReferencesError(f"{role} {state.obj()!r} is deleted")
+            raise ReferencesError(f"{role} {describe(state)} is deleted")
     return session
 
 
@@ -109,11 +118,11 @@ def _identity_positions(
 
 
 def graph_of(mapper: Mapper[Any]) -> ReferenceGraph:
-    """The reference graph of the MetaData ``mapper``'s table belongs to."""
-    table = mapper.local_table
-    if not isinstance(table, Table):
-        raise ReferencesError(f"{mapper} is not mapped to a Table")
-    return reference_graph(table.metadata)
+    """The reference graph of the MetaData ``mapper``'s tables belong to."""
+    for table in mapper.tables:
+        if isinstance(table, Table):
+            return reference_graph(table.metadata)
+    raise ReferencesError(f"{mapper} maps no Table")
 
 
 def merge_into(
@@ -174,7 +183,7 @@ def merge_into(
     for role, obj in (("source", source), ("target", target)):
         state = inspect(obj)
         if not state.persistent:
-            raise ReferencesError(f"{role} {obj!r} is not persistent ({_state_name(state)})")
+            raise ReferencesError(f"{role} {describe(state)} is not persistent")
     source_mapper, target_mapper = inspect(source).mapper, inspect(target).mapper
     graph = graph_of(source_mapper)
     held_by_target = set(graph.keys_held_by(target_mapper))
@@ -186,7 +195,11 @@ def merge_into(
         held_by_target.__contains__,
     )
     repoint.check_plans(
-        plans, on_conflict, on_self_reference, (repr(source), repr(target)), dry_run
+        plans,
+        on_conflict,
+        on_self_reference,
+        (describe(inspect(source)), describe(inspect(target))),
+        dry_run,
     )
     report = MergeReport(source, target, dry_run=dry_run)
     if dry_run:

@@ -14,7 +14,7 @@ from sqlalchemy.orm.attributes import instance_state
 from ._batch import BatchReport, Chains, add_values, run_batch
 from ._errors import ReferencesError
 from ._keys import ReferencingKey
-from ._merge import graph_of, known_values
+from ._merge import describe, graph_of, known_values
 from ._repoint import check_options, savepoint
 from ._report import MergeReport
 from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
@@ -123,7 +123,7 @@ class ReferencesSession(Session):
         return report
 
     def _describe(self, object_id: int) -> str:
-        return repr(self._objects[object_id])
+        return describe(instance_state(self._objects[object_id]))
 
     def _clear_queue(self, keep: int = 0) -> None:
         """Drop the queued merges after the first ``keep``."""

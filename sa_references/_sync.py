@@ -253,7 +253,7 @@ class _Synchronizer:
         for rel in rels.many_to_one:
             if rel.key in state.dict:
                 target = self.objects_by_values(key).get(new)
-                if target is None:
+                if target is None or not isinstance(target, rel.mapper.class_):
                     self.session.expire(obj, [rel.key])
                 else:
                     set_committed_value(obj, rel.key, target)

@@ -492,3 +492,12 @@ def test_rollback_on_plain_pysqlite_engine(tmp_path: Any) -> None:
     with Session(engine) as session:
         assert session.execute(select(Order.customer_id)).scalar_one() == keeper_id
     engine.dispose()
+
+
+def test_detached_expired_object_is_a_references_error(
+    session: Session, shop: dict[str, Any]
+) -> None:
+    session.commit()  # expires everything
+    session.expunge(shop["dupe"])
+    with pytest.raises(ReferencesError, match="source Customer .* is not attached"):
+        shop["dupe"].merge_into(shop["keeper"])

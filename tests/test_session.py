@@ -28,7 +28,9 @@ def rsession(db: Any) -> Iterator[ReferencesSession]:
 def customers(session: ReferencesSession, n: int, orders: int = 2) -> list[Customer]:
     people = [Customer(name=f"c{i}", code=f"C{i}") for i in range(n)]
     session.add_all(people)
-    session.add_all([Order(customer=c, note=f"{c.name}-{j}") for c in people for j in range(orders)])
+    session.add_all(
+        [Order(customer=c, note=f"{c.name}-{j}") for c in people for j in range(orders)]
+    )
     session.flush()
     return people
 

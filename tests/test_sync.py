@@ -251,3 +251,49 @@ def test_association_rows_in_database(session: Session, loaded: dict[str, Any]) 
     dupe.merge_into(keeper, on_conflict="delete")
     rows = session.execute(select(customer_group.c.customer_id)).scalars().all()
     assert set(rows) == {keeper.id} and len(rows) == 2
+
+
+def test_many_to_one_never_gets_an_object_of_another_class(db: Any) -> None:
+    """A table mapped twice (declarative and automap): each class keeps its own objects."""
+    from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table
+    from sqlalchemy.ext.automap import automap_base
+    from sqlalchemy.orm import DeclarativeBase, mapped_column
+
+    from sa_references import ReferencesMixin
+
+    metadata = MetaData()
+
+    class Base(ReferencesMixin, DeclarativeBase):
+        pass
+
+    Base.metadata = metadata  # type: ignore[misc]
+
+    class Author(Base):
+        __tablename__ = "twice_author"
+        id = mapped_column(Integer, primary_key=True)
+
+    Table(
+        "twice_book",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("author_id", ForeignKey("twice_author.id")),
+    )
+    Auto = automap_base(metadata=metadata)
+    Auto.prepare()
+    metadata.create_all(db.engine)
+    try:
+        with Session(db.engine) as session:
+            a, k = Author(id=1), Author(id=2)
+            session.add_all([a, k])
+            session.flush()
+            session.execute(metadata.tables["twice_book"].insert().values(id=1, author_id=1))
+            book = session.scalars(select(Auto.classes.twice_book)).one()
+            assert type(book.twice_author) is Auto.classes.twice_author
+            a.merge_into(k)
+            assert book.author_id == 2
+            assert type(book.twice_author) is Auto.classes.twice_author
+            assert book.twice_author.id == 2
+    finally:
+        metadata.drop_all(db.engine)
+        Auto.registry.dispose()
+        Base.registry.dispose()
