@@ -63,7 +63,9 @@ class Customer(Base):
     groups: Mapped[list[Group]] = relationship(secondary=customer_group, back_populates="members")
     profile: Mapped[Profile | None] = relationship(back_populates="customer")
     reviews: Mapped[list[Review]] = relationship(back_populates="author")
-    coupons: Mapped[list[Coupon]] = relationship(back_populates="customer")
+    coupons: Mapped[list[Coupon]] = relationship(
+        back_populates="customer", cascade="all, delete-orphan"
+    )
 
     def __repr__(self) -> str:
         return f"<Customer {self.id} {self.name}>"

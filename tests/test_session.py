@@ -331,3 +331,20 @@ def test_async_session(db: Any) -> None:
             await engine.dispose()
 
     assert asyncio.run(scenario()) == [True, 1, True]
+
+
+def test_delete_cascade_after_queueing_keeps_moved_rows(rsession: ReferencesSession) -> None:
+    """Customer.coupons cascades deletes: the coupon moves to the keeper, it is not deleted."""
+    from tests.models import Coupon
+
+    a, b = customers(rsession, 2, orders=0)
+    coupon = Coupon(customer=a)
+    rsession.add(coupon)
+    rsession.flush()
+    assert a.coupons == [coupon]
+    a.merge_into(b)
+    rsession.delete(a)  # cascades to the loaded coupon
+    rsession.flush()
+    assert coupon in rsession and coupon.customer is b
+    codes = rsession.execute(select(Coupon.customer_code)).scalars().all()
+    assert codes == [b.code]
