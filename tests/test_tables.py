@@ -1,0 +1,191 @@
+"""merge_rows, merge_many and row_dependents on reflected tables (no classes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, MetaData, Table, func, select
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session
+
+from sa_references import (
+    MergeConflictError,
+    ReferencesError,
+    merge_many,
+    merge_rows,
+    referencing_keys,
+    row_dependents,
+)
+
+
+@pytest.fixture
+def connection(session: Session) -> Connection:
+    return session.connection()
+
+
+@pytest.fixture
+def tables(connection: Connection) -> dict[str, Table]:
+    metadata = MetaData()
+    metadata.reflect(connection)
+    return dict(metadata.tables)
+
+
+@pytest.fixture
+def people(connection: Connection, tables: dict[str, Table]) -> list[int]:
+    customer, order = tables["customer"], tables["order"]
+    ids = []
+    for i in range(5):
+        result = connection.execute(customer.insert().values(name=f"p{i}", code=f"P{i}"))
+        ids.append(result.inserted_primary_key[0])
+    connection.execute(
+        order.insert(),
+        [
+            {"customer_id": c, "note": f"{c}-{j}", "billing_customer_id": None}
+            for c in ids
+            for j in range(2)
+        ],
+    )
+    group = tables["group"]
+    gid = connection.execute(group.insert().values(name="g")).inserted_primary_key[0]
+    connection.execute(
+        tables["customer_group"].insert(),
+        [{"customer_id": ids[0], "group_id": gid}, {"customer_id": ids[1], "group_id": gid}],
+    )
+    return ids
+
+
+def owners(connection: Connection, tables: dict[str, Table]) -> list[int]:
+    order = tables["order"]
+    return sorted(connection.execute(select(order.c.customer_id)).scalars())
+
+
+def test_referencing_keys_of_reflected_table(tables: dict[str, Table]) -> None:
+    names = {k.name for k in referencing_keys(tables["customer"])}
+    assert {
+        "order(customer_id)",
+        "order(billing_customer_id)",
+        "customer_group(customer_id)",
+    } <= names
+    assert "customer(referrer_id)" in names and "coupon(customer_code)" in names
+
+
+def test_merge_rows(connection: Connection, tables: dict[str, Table], people: list[int]) -> None:
+    a, b = people[:2]
+    with pytest.raises(MergeConflictError, match="customer_group"):
+        merge_rows(connection, tables["customer"], a, b)
+    plan = merge_rows(connection, tables["customer"], a, b, on_conflict="delete", dry_run=True)
+    assert plan.dry_run and plan.rowcount == 2 and plan.deleted == 1
+    assert owners(connection, tables).count(a) == 2
+    report = merge_rows(
+        connection, tables["customer"], (a,), {"id": b}, on_conflict="delete", delete=True
+    )
+    assert report.rowcount == 2 and report.deleted == 1
+    assert a not in owners(connection, tables)
+    assert connection.scalar(select(func.count()).where(tables["customer"].c.id == a)) == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "error", "match"),
+    [
+        (10**9, "first", ReferencesError, "not found"),
+        ("first", "first", ReferencesError, "into itself"),
+        ((1, 2), "first", ArgumentError, "1 column"),
+        ({"nope": 1}, "first", ArgumentError, "keyed by"),
+    ],
+)
+def test_merge_rows_bad_keys(
+    connection: Connection,
+    tables: dict[str, Table],
+    people: list[int],
+    source: Any,
+    target: Any,
+    error: type[Exception],
+    match: str,
+) -> None:
+    source = people[0] if source == "first" else source
+    target = people[0] if target == "first" else target
+    before = owners(connection, tables)
+    with pytest.raises(error, match=match):
+        merge_rows(connection, tables["customer"], source, target)
+    assert owners(connection, tables) == before
+
+
+def test_merge_rows_needs_a_table(connection: Connection) -> None:
+    with pytest.raises(ArgumentError, match="Table"):
+        merge_rows(connection, "customer", 1, 2)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="on_conflict"):
+        merge_rows(connection, Table("x", MetaData()), 1, 2, on_conflict="merge")  # type: ignore[arg-type]
+
+
+def test_merge_many(
+    connection: Connection, tables: dict[str, Table], people: list[int], statements: Any
+) -> None:
+    a, b, c, d, e = people
+    with pytest.raises(MergeConflictError):
+        merge_many(connection, tables["customer"], [(a, c), (b, c)])
+    assert owners(connection, tables) == sorted(p for p in people for _ in range(2))
+    with statements() as log:
+        report = merge_many(
+            connection, tables["customer"], [(a, c), (b, c), (c, e)], on_conflict="delete"
+        )
+    assert log.count("UPDATE") <= len(referencing_keys(tables["customer"]))
+    assert report.pairs == [((a,), (e,)), ((b,), (e,)), ((c,), (e,))]
+    assert report["order(customer_id)"].repointed == 6
+    assert report.deleted == 1  # two sources brought group g into e
+    assert owners(connection, tables) == sorted([d, d] + [e] * 8)
+    members = connection.execute(select(tables["customer_group"].c.customer_id)).scalars().all()
+    assert members == [e]
+    assert "batch of 3 merge(s)" in str(report)
+
+
+def test_merge_many_refusals(
+    connection: Connection, tables: dict[str, Table], people: list[int]
+) -> None:
+    a, b, c = people[:3]
+    before = owners(connection, tables)
+    with pytest.raises(ReferencesError, match="cycle"):
+        merge_many(connection, tables["customer"], [(a, b), (b, c), (c, a)])
+    with pytest.raises(ReferencesError, match="already queued"):
+        merge_many(connection, tables["customer"], [(a, b), (a, c)])
+    with pytest.raises(ReferencesError, match="not found"):
+        merge_many(connection, tables["customer"], [(a, 10**9)])
+    with pytest.raises(ArgumentError):
+        merge_many(connection, "customer", [(a, b)])  # type: ignore[arg-type]
+    assert owners(connection, tables) == before
+
+
+def test_merge_many_dry_run_and_delete(
+    connection: Connection, tables: dict[str, Table], people: list[int]
+) -> None:
+    a, b, c = people[2:]
+    plan = merge_many(connection, tables["customer"], [(a, c), (b, c)], dry_run=True)
+    assert plan.dry_run and plan.rowcount == 4
+    assert owners(connection, tables).count(c) == 2
+    merge_many(connection, tables["customer"], [(a, c), (b, c)], delete=True)
+    remaining = connection.execute(select(tables["customer"].c.id)).scalars().all()
+    assert a not in remaining and b not in remaining and c in remaining
+
+
+def test_merge_many_self_reference(
+    connection: Connection, tables: dict[str, Table], people: list[int]
+) -> None:
+    a, b = people[3:5]
+    customer = tables["customer"]
+    connection.execute(customer.update().where(customer.c.id == b).values(referrer_id=a))
+    with pytest.raises(ReferencesError, match="reference themselves"):
+        merge_many(connection, customer, [(a, b)])
+    report = merge_many(connection, customer, [(a, b)], on_self_reference="null")
+    assert connection.scalar(select(customer.c.referrer_id).where(customer.c.id == b)) is None
+    assert report["customer(referrer_id)"].repointed == 0
+
+
+def test_row_dependents(
+    connection: Connection, tables: dict[str, Table], people: list[int]
+) -> None:
+    deps = row_dependents(connection, tables["customer"], people[0])
+    by_key = {k.name: rows for k, rows in deps.by_key().items()}
+    assert by_key["order(customer_id)"].count() == 2
+    assert by_key["customer_group(customer_id)"].count() == 1
+    assert deps.count() == 3
+    assert len(list(deps)) == 3
