@@ -46,6 +46,20 @@ A merge runs inside ``Session.begin_nested()``: a database error on any
 statement undoes the merge's earlier statements and leaves the session
 usable.  On pysqlite a real ``BEGIN`` is issued first when the driver has no
 transaction open, so that ``session.rollback()`` still undoes the merge.
+
+Concurrency
+===========
+
+On PostgreSQL and MariaDB a merge first locks the source and target rows
+(``SELECT ... ORDER BY pk FOR UPDATE``, always in primary key order, so that
+merges of overlapping rows queue behind each other rather than deadlock), and
+holds the locks until the transaction ends.  A concurrent INSERT of a row
+that references a source waits for the merging transaction; if the source was
+deleted it then fails on its foreign key, as it would against any deleted
+row.  Deadlocks and serialization failures that remain (other locks the
+application holds) surface as the driver's ``OperationalError`` /
+``DBAPIError``: roll back and retry the whole transaction.  SQLite locks the
+whole database for writes and needs no row locks.
 """
 
 from ._batch import BatchReport, merge_many

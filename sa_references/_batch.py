@@ -28,6 +28,7 @@ from ._repoint import (
     OnSelfReference,
     check_options,
     connection_of,
+    lock_rows,
     rowcount,
     savepoint,
 )
@@ -340,6 +341,7 @@ def merge_many(
     target_of = resolve_chains(normalised, lambda k: f"{table.fullname} {k!r}")
     graph = reference_graph(table.metadata)
     keys = graph.keys_for_tables([table])
+    lock_rows(bind, table, [*target_of, *target_of.values()])
     rows = _fetch_rows(bind, table, set(target_of) | set(target_of.values()))
     key_pairs = {key: _key_pairs(bind, key, target_of, rows) for key in keys}
     report = BatchReport(None, None, dry_run=dry_run, pairs=list(target_of.items()))

@@ -185,6 +185,7 @@ def merge_into(
         if not state.persistent:
             raise ReferencesError(f"{role} {describe(state)} is not persistent")
     source_mapper, target_mapper = inspect(source).mapper, inspect(target).mapper
+    lock_objects(session, [source, target])
     graph = graph_of(source_mapper)
     held_by_target = set(graph.keys_held_by(target_mapper))
     plans = repoint.plan(
@@ -229,6 +230,18 @@ def merge_into(
         if inspect(obj).session is session:
             session.expunge(obj)
     return report
+
+
+def lock_objects(session: Session, objects: Sequence[object]) -> None:
+    """:func:`~._repoint.lock_rows` for persistent objects, by identity."""
+    by_table: dict[Any, list[Values]] = {}
+    for obj in objects:
+        state = attributes.instance_state(obj)
+        table = state.mapper.base_mapper.local_table
+        if isinstance(table, Table) and state.key is not None:
+            by_table.setdefault(table, []).append(tuple(state.key[1]))
+    for table in sorted(by_table, key=lambda t: t.fullname):
+        repoint.lock_rows(session, table, by_table[table])
 
 
 def _expire_self_references(
@@ -310,6 +323,7 @@ def merge_rows(
     target_key = primary_key_values(table, target)
     if source_key == target_key:
         raise ReferencesError(f"cannot merge row {source_key!r} of {table.fullname} into itself")
+    repoint.lock_rows(bind, table, [source_key, target_key])
     source_row = fetch_row(bind, table, source_key, "source")
     target_row = fetch_row(bind, table, target_key, "target")
     graph = reference_graph(table.metadata)

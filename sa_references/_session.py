@@ -14,7 +14,7 @@ from sqlalchemy.orm.attributes import instance_state
 from ._batch import BatchReport, Chains, add_values, run_batch
 from ._errors import ReferencesError
 from ._keys import ReferencingKey
-from ._merge import describe, graph_of, known_values
+from ._merge import describe, graph_of, known_values, lock_objects
 from ._repoint import check_options, savepoint
 from ._report import MergeReport
 from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
@@ -218,6 +218,7 @@ def _apply_group(session: Session, group: Sequence[_QueuedMerge]) -> SyncResult:
             if not state.persistent or (obj in session.deleted and obj is not entry.source):
                 raise ReferencesError(f"queued merge {role} {obj!r} is no longer persistent")
     mapper: Mapper[Any] = instance_state(first.source).mapper
+    lock_objects(session, [obj for entry in group for obj in (entry.source, entry.target)])
     graph = graph_of(mapper)
     keys = graph.keys_for_mapper(mapper)
     key_pairs: dict[ReferencingKey, dict[Values, Values]] = {key: {} for key in keys}

@@ -245,3 +245,15 @@ def nullify_identities(key: ReferencingKey, rows: Sequence[Values]) -> Iterator[
             .where(_identity_in(key.identity, chunk))
             .values({c.key: None for c in key.columns})
         )
+
+
+#: primary keys per locking SELECT
+LOCK_CHUNK = 1000
+
+
+def lock_rows(table: Any, identities: Sequence[Values]) -> Iterator[Select[Any]]:
+    """``SELECT pk ... ORDER BY pk FOR UPDATE`` over ``identities``, in primary key order."""
+    pk = list(table.primary_key.columns)
+    ordered = sorted(set(identities))
+    for chunk in chunks(ordered, LOCK_CHUNK):
+        yield select(*pk).where(_identity_in(pk, chunk)).order_by(*pk).with_for_update()
