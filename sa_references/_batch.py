@@ -260,7 +260,7 @@ def _count(bind: Bind, batches: Sequence[_KeyBatch], on_conflict: str) -> list[K
     results = []
     for batch in batches:
         count = bind.execute(sql.batch_count(batch.key, batch.mapping)).scalar_one()
-        clashing = len(batch.conflicting_rows) if on_conflict != "raise" else 0
+        clashing = len(batch.conflicting_rows)  # never re-pointed, whatever the strategy
         results.append(
             KeyResult(
                 batch.key,

@@ -104,10 +104,13 @@ strings (ISO 8601 dates and times, decimal strings, hex for binary data).
                               "rows": [[3, 1]]}]}]}
 
 ``merge --pairs``: as ``merge`` with ``"pairs": N`` (the number of pairs read)
-in place of ``source`` and ``target``.  ``rowcount`` is the number of rows
+in place of ``source`` and ``target``.  ``keys`` lists every referencing key,
+in a fixed order, zero counts included.  ``rowcount`` is the number of rows
 re-pointed, ``deleted`` the conflicting rows deleted, ``left`` those left on
 the source; conflict ``rows`` are the identities (primary key values) of the
-clashing rows.
+clashing rows.  Clashing rows are never counted in ``repointed``; in a dry
+run under ``--on-conflict raise`` they are listed in ``conflicts`` (the merge
+itself would fail).
 """
 
 from __future__ import annotations
@@ -294,7 +297,12 @@ def add_merge_command(commands: Any) -> None:
         help="when the target row references the source row: fail (default) or clear "
         "that reference",
     )
-    parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    parser.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="merge without asking (required when stdin is not a terminal)",
+    )
     parser.add_argument("--json", action="store_true", help="write JSON to stdout")
     parser.set_defaults(run=run_merge)
 

@@ -187,7 +187,7 @@ def dry_run(bind: Bind, plans: Sequence[KeyPlan], on_conflict: str) -> list[KeyR
     for key_plan in plans:
         params = sql.pair_parameters(key_plan.source)
         count = bind.execute(sql.count_references(key_plan.key), params).scalar_one()
-        clashing = len(key_plan.conflicting_rows) if on_conflict != "raise" else 0
+        clashing = len(key_plan.conflicting_rows)  # never re-pointed, whatever the strategy
         self_ref = 1 if key_plan.target_refers_to_source is not None else 0
         results.append(
             KeyResult(

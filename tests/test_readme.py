@@ -41,6 +41,18 @@ def test_batch_example_runs(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == ["900", "100", "20"]
 
 
+def test_two_commands() -> None:
+    text = README.read_text()
+    block = re.search(r"## Two commands\n\n```bash\n(.*?)```", text, re.S).group(1)  # type: ignore[union-attr]
+    demo, tests = block.splitlines()
+    assert demo.startswith("pip install . && sa-references demo")
+    ci = (README.parent / ".ci" / "run").read_text()
+    command = tests.split("&& ", 1)[1]
+    assert command.startswith("pytest --cov=sa_references --dburi ")
+    for url in command.split("--dburi ")[1:]:
+        assert url.strip() in ci
+
+
 def test_readme_test_command_matches_ci() -> None:
     text = README.read_text()
     command = re.search(r"## Tests\n\n```bash\n(.*?)```", text, re.S).group(1)  # type: ignore[union-attr]
