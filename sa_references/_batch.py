@@ -32,7 +32,7 @@ from ._repoint import (
     rowcount,
     savepoint,
 )
-from ._report import Conflict, KeyResult, MergeReport
+from ._report import Conflict, KeyResult, MergeReport, clashing_rows
 from ._sync import KeyMoves
 
 Values = tuple[Any, ...]
@@ -169,10 +169,7 @@ class _KeyBatch:
 
     @property
     def conflicting_rows(self) -> list[Values]:
-        seen: dict[Values, None] = {}
-        for conflict in self.conflicts:
-            seen.update(dict.fromkeys(conflict.rows))
-        return list(seen)
+        return clashing_rows(self.conflicts)
 
 
 def run_batch(
@@ -260,14 +257,13 @@ def _count(bind: Bind, batches: Sequence[_KeyBatch], on_conflict: str) -> list[K
     results = []
     for batch in batches:
         count = bind.execute(sql.batch_count(batch.key, batch.mapping)).scalar_one()
-        clashing = len(batch.conflicting_rows)  # never re-pointed, whatever the strategy
         results.append(
-            KeyResult(
+            KeyResult.planned(
                 batch.key,
-                repointed=count - clashing - len(batch.self_references),
-                deleted=clashing if on_conflict == "delete" else 0,
-                left=clashing if on_conflict == "ignore" else 0,
-                conflicts=list(batch.conflicts),
+                count=count,
+                conflicts=batch.conflicts,
+                unchanged=len(batch.self_references),
+                on_conflict=on_conflict,
             )
         )
     return results

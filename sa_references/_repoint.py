@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from . import _statements as sql
 from ._errors import MergeConflictError, ReferencesError
 from ._keys import AnyColumn, ReferencingKey
-from ._report import Conflict, KeyResult
+from ._report import Conflict, KeyResult, clashing_rows
 from ._sync import SYNCHRONIZE_MODES, KeyMoves
 
 Values = tuple[Any, ...]
@@ -116,10 +116,7 @@ class KeyPlan:
 
     @property
     def conflicting_rows(self) -> list[Values]:
-        seen: dict[Values, None] = {}
-        for conflict in self.conflicts:
-            seen.update(dict.fromkeys(conflict.rows))
-        return list(seen)
+        return clashing_rows(self.conflicts)
 
 
 def plan(
@@ -187,15 +184,13 @@ def dry_run(bind: Bind, plans: Sequence[KeyPlan], on_conflict: str) -> list[KeyR
     for key_plan in plans:
         params = sql.pair_parameters(key_plan.source)
         count = bind.execute(sql.count_references(key_plan.key), params).scalar_one()
-        clashing = len(key_plan.conflicting_rows)  # never re-pointed, whatever the strategy
-        self_ref = 1 if key_plan.target_refers_to_source is not None else 0
         results.append(
-            KeyResult(
+            KeyResult.planned(
                 key_plan.key,
-                repointed=count - clashing - self_ref,
-                deleted=clashing if on_conflict == "delete" else 0,
-                left=clashing if on_conflict == "ignore" else 0,
-                conflicts=list(key_plan.conflicts),
+                count=count,
+                conflicts=key_plan.conflicts,
+                unchanged=int(key_plan.target_refers_to_source is not None),
+                on_conflict=on_conflict,
             )
         )
     return results

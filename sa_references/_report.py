@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,14 @@ class Conflict:
         return self.key.table.fullname
 
 
+def clashing_rows(conflicts: Sequence[Conflict]) -> list[Values]:
+    """The identities of the rows in ``conflicts``, each once, in order."""
+    seen: dict[Values, None] = {}
+    for conflict in conflicts:
+        seen.update(dict.fromkeys(conflict.rows))
+    return list(seen)
+
+
 @dataclass
 class KeyResult:
     """The outcome of one referencing key."""
@@ -39,6 +47,30 @@ class KeyResult:
     #: rows left pointing at the source (``on_conflict="ignore"``)
     left: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
+
+    @classmethod
+    def planned(
+        cls,
+        key: ReferencingKey,
+        *,
+        count: int,
+        conflicts: Sequence[Conflict],
+        unchanged: int,
+        on_conflict: str,
+    ) -> KeyResult:
+        """What a dry run reports: ``count`` referencing rows, less those that would not move.
+
+        Clashing rows never count as re-pointed, whatever the strategy;
+        ``unchanged`` rows (a target's reference to its source) neither.
+        """
+        clashing = len(clashing_rows(conflicts))
+        return cls(
+            key,
+            repointed=count - clashing - unchanged,
+            deleted=clashing if on_conflict == "delete" else 0,
+            left=clashing if on_conflict == "ignore" else 0,
+            conflicts=list(conflicts),
+        )
 
     def __str__(self) -> str:
         return (

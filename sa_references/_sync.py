@@ -58,7 +58,7 @@ class SyncResult:
 
 
 def column_values(
-    state: InstanceState[Any], columns: Sequence[ColumnElement[Any]], *, load: bool = False
+    state: InstanceState[Any], columns: Sequence[ColumnElement[Any]]
 ) -> Values | None:
     """The values of ``columns`` on ``state`` (None when one is not loaded)."""
     mapper = state.mapper
@@ -66,14 +66,11 @@ def column_values(
     for column in columns:
         try:
             prop = mapper.get_property_by_column(column)
-        except Exception:
+        except UnmappedColumnError:
             return None
-        if prop.key in state.dict:
-            values.append(state.dict[prop.key])
-        elif load:
-            values.append(getattr(state.obj(), prop.key))
-        else:
+        if prop.key not in state.dict:
             return None
+        values.append(state.dict[prop.key])
     return tuple(values)
 
 
