@@ -56,7 +56,7 @@ class KeyDependents:
     def __iter__(self) -> Iterator[Any]:
         if self._owner.values(self.key) is None:
             return iter(())
-        result = self._owner.bind.execute(self.select())
+        result = self._owner.execute(self.select())
         if self.mapper is not None:
             # unique(): required by joined eager loads of collections; rows are unique anyway
             return iter(result.scalars().unique().all())
@@ -65,7 +65,7 @@ class KeyDependents:
     def count(self) -> int:
         if self._owner.values(self.key) is None:
             return 0
-        count: int = self._owner.bind.execute(self.count_select()).scalar_one()
+        count: int = self._owner.execute(self.count_select()).scalar_one()
         return count
 
     def __repr__(self) -> str:
@@ -123,6 +123,16 @@ class Dependents:
         for rows in self.by_key().values():
             yield from rows
 
+    def execute(self, statement: Select[Any]) -> Any:
+        """Run a lookup; on a Session, pending changes are flushed first (autoflush).
+
+        SQLAlchemy 2.0 autoflushes only before ORM statements; a count over
+        plain tables must see pending rows too.
+        """
+        if isinstance(self.bind, Session) and self.bind.autoflush:
+            self.bind.flush()
+        return self.bind.execute(statement)
+
     def count(self) -> int:
         """Every referencing row, all keys, in one statement."""
         counts = [
@@ -132,7 +142,7 @@ class Dependents:
         ]
         if not counts:
             return 0
-        row = self.bind.execute(select(*counts)).one()
+        row = self.execute(select(*counts)).one()
         return sum(int(c) for c in row)
 
     def __repr__(self) -> str:
