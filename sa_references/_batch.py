@@ -9,6 +9,7 @@ clashes between several sources merged into one target.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ from ._repoint import (
     Bind,
     OnConflict,
     OnSelfReference,
+    check_bind,
     check_options,
     connection_of,
+    execute,
     lock_rows,
     rowcount,
     savepoint,
@@ -152,6 +155,17 @@ class _TemporaryTables:
             self.connection.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {name}")
         self.created.clear()
 
+    def drop_after_failure(self) -> None:
+        """MySQL keeps temporary tables through a rollback: drop them, best effort.
+
+        Elsewhere the caller's ROLLBACK TO SAVEPOINT removes them (transactional DDL),
+        and a statement now could fail in a transaction the error aborted.
+        """
+        if self.connection.dialect.name == "mysql":
+            with contextlib.suppress(DBAPIError):
+                self.drop()
+        self.created.clear()
+
 
 def _describe_pairs(pairs: Mapping[Values, Values], limit: int = 5) -> str:
     shown = ", ".join(f"{s!r} -> {t!r}" for s, t in itertools.islice(pairs.items(), limit))
@@ -181,34 +195,61 @@ def run_batch(
     dry_run: bool = False,
     fetch: bool = False,
 ) -> tuple[list[KeyResult], list[KeyMoves]]:
-    """Apply (or count) every key's pairs set-based, atomically."""
+    """Apply (or count) every key's pairs set-based.
+
+    Call it inside a SAVEPOINT (:func:`~._repoint.savepoint`): its temporary
+    tables are dropped inside it on success, and the caller's rollback
+    undoes everything on failure (they are dropped afterwards on MySQL, whose
+    temporary tables outlive a rollback).
+    """
     connection = connection_of(bind)
     tables = _TemporaryTables(connection)
     batches = [_KeyBatch(k, p) for k, p in key_pairs.items() if p]
     try:
-        with savepoint(bind):
-            _create_mappings(tables, batches)
-            _read_plan(bind, batches, on_self_reference)
-            conflicts = [c for b in batches for c in b.conflicts]
-            if conflicts and on_conflict == "raise" and not dry_run:
-                raise MergeConflictError(conflicts)
-            if dry_run:
-                return _count(bind, batches, on_conflict), []
-            results, moves = [], []
-            for batch in batches:
-                try:
-                    result, moved = _apply(bind, tables, batch, on_conflict, fetch)
-                except DBAPIError as error:
-                    error.add_note(
-                        f"sa_references: batch failed on {batch.key.name} for "
-                        + _describe_pairs(batch.pairs)
-                    )
-                    raise
-                results.append(result)
-                moves.append(moved)
-            return results, moves
-    finally:
-        tables.drop()
+        _create_mappings(tables, batches)
+        _read_plan(bind, batches, on_self_reference)
+        conflicts = [c for b in batches for c in b.conflicts]
+        if conflicts and on_conflict == "raise" and not dry_run:
+            raise MergeConflictError(conflicts)
+        moves: list[KeyMoves] = []
+        if dry_run:
+            results = _count(bind, batches, on_conflict)
+        else:
+            results, moves = _apply_all(bind, tables, batches, on_conflict, fetch)
+    except BaseException:
+        tables.drop_after_failure()
+        raise
+    tables.drop()
+    return results, moves
+
+
+def _apply_all(
+    bind: Bind,
+    tables: _TemporaryTables,
+    batches: Sequence[_KeyBatch],
+    on_conflict: str,
+    fetch: bool,
+) -> tuple[list[KeyResult], list[KeyMoves]]:
+    results, moves = [], []
+    updated: set[Table] = set()
+    for batch in batches:
+        try:
+            if batch.key.table in updated and batch.key.unique_keys:
+                # an earlier key re-pointed rows of this table: clashes may be new
+                batch.conflicts = _read_conflicts(bind, batch)
+                if batch.conflicts and on_conflict == "raise":
+                    raise MergeConflictError(batch.conflicts)
+            result, moved = _apply(bind, tables, batch, on_conflict, fetch)
+        except DBAPIError as error:
+            error.add_note(
+                f"sa_references: batch failed on {batch.key.name} for "
+                + _describe_pairs(batch.pairs)
+            )
+            raise
+        updated.add(batch.key.table)
+        results.append(result)
+        moves.append(moved)
+    return results, moves
 
 
 def _create_mappings(tables: _TemporaryTables, batches: Sequence[_KeyBatch]) -> None:
@@ -229,7 +270,8 @@ def _read_plan(bind: Bind, batches: Sequence[_KeyBatch], on_self_reference: str)
     for batch in batches:
         key, mapping = batch.key, batch.mapping
         if key.is_self_referential:
-            rows = bind.execute(sql.batch_self_references(key, mapping)).all()
+            statement = sql.batch_self_references(key, mapping)
+            rows = execute(bind, statement, key, "reading self-references of").all()
             width = len(key.identity)
             batch.self_references = [tuple(r[:width]) for r in rows]
             if rows and on_self_reference == "raise":
@@ -239,24 +281,27 @@ def _read_plan(bind: Bind, batches: Sequence[_KeyBatch], on_self_reference: str)
                     f"(sources {sources}); merging would make them reference themselves "
                     "(pass on_self_reference='null' to clear those references first)"
                 )
-        for unique in key.unique_keys:
-            rows = bind.execute(sql.batch_conflicts(key, unique, mapping)).all()
-            if rows:
-                width = len(key.identity)
-                batch.conflicts.append(
-                    Conflict(
-                        key,
-                        unique.name,
-                        tuple(tuple(r[:width]) for r in rows),
-                        tuple(tuple(r[width:]) for r in rows),
-                    )
-                )
+        batch.conflicts = _read_conflicts(bind, batch)
+
+
+def _read_conflicts(bind: Bind, batch: _KeyBatch) -> list[Conflict]:
+    key, width = batch.key, len(batch.key.identity)
+    conflicts = []
+    for unique in key.unique_keys:
+        statement = sql.batch_conflicts(key, unique, batch.mapping)
+        rows = execute(bind, statement, key, "reading conflicts of").all()
+        if rows:
+            identities = tuple(tuple(r[:width]) for r in rows)
+            sources = tuple(tuple(r[width:]) for r in rows)
+            conflicts.append(Conflict(key, unique.name, identities, sources))
+    return conflicts
 
 
 def _count(bind: Bind, batches: Sequence[_KeyBatch], on_conflict: str) -> list[KeyResult]:
     results = []
     for batch in batches:
-        count = bind.execute(sql.batch_count(batch.key, batch.mapping)).scalar_one()
+        statement = sql.batch_count(batch.key, batch.mapping)
+        count = execute(bind, statement, batch.key, "counting").scalar_one()
         results.append(
             KeyResult.planned(
                 batch.key,
@@ -275,9 +320,10 @@ def _apply(
     key, mapping = batch.key, batch.mapping
     result = KeyResult(key, conflicts=list(batch.conflicts))
     moves = KeyMoves(key, dict(batch.pairs))
-    kept = list(batch.self_references)
-    for statement in sql.nullify_identities(key, kept):
+    for statement in sql.nullify_identities(key, batch.self_references):
         bind.execute(statement)
+    moves.nulled.update(batch.self_references)
+    kept: list[Values] = []
     clashing = batch.conflicting_rows
     if clashing and on_conflict == "delete":
         result.deleted = sum(rowcount(bind, d) for d in sql.delete_identities(key, clashing))
@@ -331,30 +377,46 @@ def merge_many(
             report = merge_many(connection, customers, [(17, 4), (18, 4), (4, 2)])
     """
     check_options(on_conflict, "evaluate", on_self_reference)
+    check_bind(bind)
     if not isinstance(table, Table):
         raise ArgumentError(f"expected a Table; got {table!r}")
-    normalised = [(primary_key_values(table, s), primary_key_values(table, t)) for s, t in pairs]
+    normalised = [
+        (primary_key_values(table, s), primary_key_values(table, t)) for s, t in _pairs_of(pairs)
+    ]
     target_of = resolve_chains(normalised, lambda k: f"{table.fullname} {k!r}")
-    graph = reference_graph(table.metadata)
-    keys = graph.keys_for_tables([table])
-    lock_rows(bind, table, [*target_of, *target_of.values()])
-    rows = _fetch_rows(bind, table, set(target_of) | set(target_of.values()))
-    key_pairs = {key: _key_pairs(bind, key, target_of, rows) for key in keys}
+    keys = reference_graph(table.metadata).keys_for_tables([table])
     report = BatchReport(None, None, dry_run=dry_run, pairs=list(target_of.items()))
-    results, _ = run_batch(
-        bind,
-        key_pairs,
-        on_conflict=on_conflict,
-        on_self_reference=on_self_reference,
-        dry_run=dry_run,
-    )
-    report.keys = results
-    if delete and not dry_run and target_of:
-        pk = list(table.primary_key.columns)
-        with savepoint(bind):
+    with savepoint(bind):
+        involved = [*target_of, *target_of.values()]
+        lock_rows(bind, table, involved)
+        rows = _fetch_rows(bind, table, set(involved))
+        key_pairs = {key: _key_pairs(bind, key, target_of, rows) for key in keys}
+        report.keys, _ = run_batch(
+            bind,
+            key_pairs,
+            on_conflict=on_conflict,
+            on_self_reference=on_self_reference,
+            dry_run=dry_run,
+        )
+        if delete and not dry_run and target_of:
+            pk = list(table.primary_key.columns)
             for chunk in sql.chunks(list(target_of)):
                 bind.execute(table.delete().where(sql.identity_in(pk, chunk)))
     return report
+
+
+def _pairs_of(pairs: Iterable[Any]) -> list[tuple[Any, Any]]:
+    """``pairs`` as a list of 2-tuples, or :class:`ArgumentError`."""
+    if isinstance(pairs, (str, bytes, Mapping)) or not isinstance(pairs, Iterable):
+        raise ArgumentError(f"pairs must be an iterable of (source, target) keys; got {pairs!r}")
+    checked = []
+    for pair in pairs:
+        if isinstance(pair, (str, bytes, Mapping)) or not isinstance(pair, Sequence):
+            raise ArgumentError(f"each pair must be a (source, target) sequence; got {pair!r}")
+        if len(pair) != 2:
+            raise ArgumentError(f"each pair must hold 2 keys (source, target); got {pair!r}")
+        checked.append((pair[0], pair[1]))
+    return checked
 
 
 def _fetch_rows(bind: Bind, table: Table, keys: set[Values]) -> dict[Values, dict[AnyColumn, Any]]:

@@ -512,8 +512,11 @@ CONVERTERS: dict[type, Callable[[str], Any]] = {
 
 def key_values(table: Table, text: str) -> Values:
     """KEY as a tuple of primary key values, each converted to its column's type."""
-    parts = primary_key_values(table, split_key(text))  # checks the number of values
-    return tuple(convert_value(c, p) for c, p in zip(table.primary_key.columns, parts))
+    parts = split_key(text)
+    columns = list(table.primary_key.columns)
+    if len(parts) != len(columns):
+        primary_key_values(table, parts)  # raises: no primary key, or the wrong number of values
+    return primary_key_values(table, [convert_value(c, p) for c, p in zip(columns, parts)])
 
 
 def key_dict(table: Table, values: Sequence[Any]) -> JSONDict:

@@ -19,6 +19,7 @@ from ._merge import (
     primary_key_values,
     referred_values,
 )
+from ._repoint import check_bind
 
 Values = tuple[Any, ...]
 
@@ -198,6 +199,7 @@ def row_dependents(bind: Session | Connection, table: Table, key: Any) -> Depend
         deps = row_dependents(connection, metadata.tables["customer"], 17)
         print({k.name: rows.count() for k, rows in deps.by_key().items()})
     """
+    check_bind(bind)
     if not isinstance(table, Table):
         raise ArgumentError(f"expected a Table; got {table!r}")
     primary_key = primary_key_values(table, key)

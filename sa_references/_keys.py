@@ -82,6 +82,8 @@ class ReferencingKey:
     referred_columns: tuple[AnyColumn, ...]
     unique_keys: tuple[UniqueKey, ...] = field(repr=False)
     identity: tuple[AnyColumn, ...] = field(repr=False)
+    #: statements and lookups built for this key, kept with it (see _statements.cached)
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -289,14 +291,17 @@ class ReferenceGraph:
         return candidates[0] if candidates else None
 
 
-_graphs: weakref.WeakKeyDictionary[MetaData, ReferenceGraph] = weakref.WeakKeyDictionary()
+_GRAPH = "sa_references.graph"
 
 
 def reference_graph(metadata: MetaData) -> ReferenceGraph:
-    """The cached :class:`ReferenceGraph` of ``metadata``."""
-    graph = _graphs.get(metadata)
-    if graph is None or not graph.is_current:
-        graph = _graphs[metadata] = ReferenceGraph(metadata)
+    """The cached :class:`ReferenceGraph` of ``metadata``.
+
+    Kept in ``metadata.info``, so it lives exactly as long as the MetaData.
+    """
+    graph = metadata.info.get(_GRAPH)
+    if not isinstance(graph, ReferenceGraph) or not graph.is_current:
+        graph = metadata.info[_GRAPH] = ReferenceGraph(metadata)
     return graph
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -103,8 +103,21 @@ def known_values(obj: object, columns: tuple[AnyColumn, ...]) -> Values:
     return referred_values(obj, columns)
 
 
-@functools.lru_cache(maxsize=1024)
+_positions: weakref.WeakKeyDictionary[Mapper[Any], dict[Any, tuple[int, ...] | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _identity_positions(
+    mapper: Mapper[Any], columns: tuple[AnyColumn, ...]
+) -> tuple[int, ...] | None:
+    by_columns = _positions.setdefault(mapper, {})
+    if columns not in by_columns:
+        by_columns[columns] = _find_identity_positions(mapper, columns)
+    return by_columns[columns]
+
+
+def _find_identity_positions(
     mapper: Mapper[Any], columns: tuple[AnyColumn, ...]
 ) -> tuple[int, ...] | None:
     try:
@@ -185,39 +198,29 @@ def merge_into(
         if not state.persistent:
             raise ReferencesError(f"{role} {describe(state)} is not persistent")
     source_mapper, target_mapper = inspect(source).mapper, inspect(target).mapper
-    lock_objects(session, [source, target])
     graph = graph_of(source_mapper)
     held_by_target = set(graph.keys_held_by(target_mapper))
-    plans = repoint.plan(
-        session,
-        graph.keys_for_mapper(source_mapper),
-        lambda columns: referred_values(source, columns),
-        lambda columns: referred_values(target, columns),
-        held_by_target.__contains__,
-    )
-    repoint.check_plans(
-        plans,
-        on_conflict,
-        on_self_reference,
-        (describe(inspect(source)), describe(inspect(target))),
-        dry_run,
-    )
     report = MergeReport(source, target, dry_run=dry_run)
-    if dry_run:
-        report.keys = repoint.dry_run(session, plans, on_conflict)
-        return report
     touched: list[object] = []
     removed: list[object] = []
     try:
-        with repoint.savepoint(session):
-            all_moves = []
-            for key_plan in plans:
-                result, moves = repoint.apply(session, key_plan, on_conflict, mode == "fetch")
-                report.keys.append(result)
-                all_moves.append(moves)
+        with repoint.savepoint(session):  # reads too: a failed read leaves the session usable
+            lock_objects(session, [source, target])
+            plans = repoint.plan(
+                session,
+                graph.keys_for_mapper(source_mapper),
+                lambda columns: referred_values(source, columns),
+                lambda columns: referred_values(target, columns),
+                held_by_target.__contains__,
+            )
+            names = (describe(inspect(source)), describe(inspect(target)))
+            repoint.check_plans(plans, on_conflict, on_self_reference, names, dry_run)
+            if dry_run:
+                report.keys = repoint.dry_run(session, plans, on_conflict)
+                return report
+            report.keys, all_moves = repoint.apply_all(session, plans, on_conflict, mode == "fetch")
             synced = synchronize(session, graph, [(source, target)], all_moves, mode)
             touched, removed = synced.touched, synced.removed
-            _expire_self_references(session, plans, target)
             if delete:
                 session.delete(source)
                 session.flush()
@@ -241,24 +244,13 @@ def lock_objects(session: Session, objects: Sequence[object]) -> None:
         if isinstance(table, Table) and state.key is not None:
             by_table.setdefault(table, []).append(tuple(state.key[1]))
     for table in sorted(by_table, key=lambda t: t.fullname):
-        repoint.lock_rows(session, table, by_table[table])
-
-
-def _expire_self_references(
-    session: Session, plans: Sequence[repoint.KeyPlan], target: object
-) -> None:
-    mapper = inspect(target).mapper
-    for key_plan in plans:
-        if key_plan.target_refers_to_source is None:
-            continue
-        columns = set(key_plan.key.columns)
-        attrs = [mapper.get_property_by_column(c).key for c in key_plan.key.columns]
-        attrs += [
-            r.key
-            for r in mapper.relationships
-            if r.secondary is None and set(r.local_columns) & columns
-        ]
-        session.expire(target, attrs)
+        missing = repoint.lock_rows(session, table, by_table[table])
+        if missing:
+            shown = ", ".join(repr(m) for m in sorted(missing, key=repr)[:5])
+            raise ReferencesError(
+                f"{len(missing)} row(s) of {table.fullname} no longer exist ({shown}): "
+                "deleted or merged away by another transaction"
+            )
 
 
 def primary_key_values(table: Table, key: Any) -> Values:
@@ -273,14 +265,38 @@ def primary_key_values(table: Table, key: Any) -> Values:
                 f"{table.fullname} is keyed by ({', '.join(c.name for c in columns)}); "
                 f"got {dict(key)!r}"
             )
-        return tuple(key[c.name] for c in columns)
-    values = tuple(key) if isinstance(key, (tuple, list)) else (key,)
+        values = tuple(key[c.name] for c in columns)
+    else:
+        values = tuple(key) if isinstance(key, (tuple, list)) else (key,)
     if len(values) != len(columns):
         raise ArgumentError(
             f"{table.fullname} is keyed by {len(columns)} column(s) "
             f"({', '.join(c.name for c in columns)}); got {len(values)} value(s)"
         )
+    for column, value in zip(columns, values):
+        _check_key_value(table, column, value)
     return values
+
+
+def _check_key_value(table: Table, column: AnyColumn, value: Any) -> None:
+    """Refuse a key value no row can have, before a database casts it (1.5 read as 2)."""
+    if value is None:
+        raise ReferencesError(f"no row of {table.fullname} has a NULL {column.name}")
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return
+    if isinstance(value, python_type):
+        return
+    try:
+        fits = python_type(value) == value
+    except (TypeError, ValueError, ArithmeticError):
+        fits = False
+    if not fits:
+        raise ReferencesError(
+            f"no row of {table.fullname} has {column.name} = {value!r} "
+            f"(a {python_type.__name__} column)"
+        )
 
 
 def fetch_row(bind: Bind, table: Table, key: Values, role: str) -> Mapping[AnyColumn, Any]:
@@ -317,29 +333,44 @@ def merge_rows(
             merge_rows(connection, metadata.tables["customer"], 17, 4)
     """
     check_options(on_conflict, "evaluate", on_self_reference)
+    repoint.check_bind(bind)
     if not isinstance(table, Table):
         raise ArgumentError(f"expected a Table; got {table!r}")
     source_key = primary_key_values(table, source)
     target_key = primary_key_values(table, target)
     if source_key == target_key:
         raise ReferencesError(f"cannot merge row {source_key!r} of {table.fullname} into itself")
-    repoint.lock_rows(bind, table, [source_key, target_key])
-    source_row = fetch_row(bind, table, source_key, "source")
-    target_row = fetch_row(bind, table, target_key, "target")
+    pk = list(table.primary_key.columns)
     graph = reference_graph(table.metadata)
-    plans = repoint.plan(
-        bind,
-        graph.keys_for_tables([table]),
-        lambda columns: tuple(source_row[c] for c in columns),
-        lambda columns: tuple(target_row[c] for c in columns),
-        lambda key: key.table is table,
-    )
-    names = (f"{table.fullname} {source_key!r}", f"{table.fullname} {target_key!r}")
-    repoint.check_plans(plans, on_conflict, on_self_reference, names, dry_run)
     report = MergeReport(source_key, target_key, dry_run=dry_run)
-    if dry_run:
-        report.keys = repoint.dry_run(bind, plans, on_conflict)
-        return report
+    with repoint.savepoint(bind):
+        repoint.lock_rows(bind, table, [source_key, target_key])
+        source_row = fetch_row(bind, table, source_key, "source")
+        target_row = fetch_row(bind, table, target_key, "target")
+        # the keys as the database matched them (it may have cast the values given)
+        source_key = tuple(source_row[c] for c in pk)
+        target_key = tuple(target_row[c] for c in pk)
+        if source_key == target_key:
+            raise ReferencesError(
+                f"cannot merge row {source_key!r} of {table.fullname} into itself"
+            )
+        report.source, report.target = source_key, target_key
+        plans = repoint.plan(
+            bind,
+            graph.keys_for_tables([table]),
+            lambda columns: tuple(source_row[c] for c in columns),
+            lambda columns: tuple(target_row[c] for c in columns),
+            lambda key: key.table is table,
+        )
+        names = (f"{table.fullname} {source_key!r}", f"{table.fullname} {target_key!r}")
+        repoint.check_plans(plans, on_conflict, on_self_reference, names, dry_run)
+        if dry_run:
+            report.keys = repoint.dry_run(bind, plans, on_conflict)
+            return report
+        report.keys, _ = repoint.apply_all(bind, plans, on_conflict, fetch=False)
+        if delete:
+            bind.execute(table.delete().where(sql.matches(pk, source_key)))
+    return report
     with repoint.savepoint(bind):
         for key_plan in plans:
             result, _ = repoint.apply(bind, key_plan, on_conflict, fetch=False)

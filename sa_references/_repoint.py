@@ -52,6 +52,13 @@ def check_options(
         )
 
 
+def check_bind(bind: object) -> None:
+    if not isinstance(bind, (Session, Connection)):
+        raise ArgumentError(
+            f"expected a Session or a Connection (use engine.begin() for an Engine); got {bind!r}"
+        )
+
+
 def connection_of(bind: Bind) -> Connection:
     return bind.connection() if isinstance(bind, Session) else bind
 
@@ -72,8 +79,17 @@ def savepoint(bind: Bind) -> Iterator[None]:
         driver_connection = connection.connection.driver_connection
         if getattr(driver_connection, "in_transaction", True) is False:
             connection.exec_driver_sql("BEGIN")
-    with bind.begin_nested():
+    nested = bind.begin_nested()
+    try:
         yield
+        nested.commit()  # RELEASE SAVEPOINT: when it fails, the merge is rolled back too
+    except BaseException:
+        # When the database already rolled the whole transaction back (a MariaDB
+        # deadlock), ROLLBACK TO SAVEPOINT fails too: the first error is the one
+        # a caller can act on (retry), so it is the one that propagates.
+        with contextlib.suppress(DBAPIError):
+            nested.rollback()
+        raise
 
 
 def execute(bind: Bind, statement: Any, key: ReferencingKey, what: str, params: Any = None) -> Any:
@@ -85,18 +101,22 @@ def execute(bind: Bind, statement: Any, key: ReferencingKey, what: str, params: 
         raise
 
 
-def lock_rows(bind: Bind, table: Any, identities: Sequence[Values]) -> None:
+def lock_rows(bind: Bind, table: Any, identities: Sequence[Values]) -> set[Values]:
     """Lock the rows being merged, in primary key order, until the transaction ends.
 
     Concurrent merges of overlapping rows then queue behind each other instead
     of interleaving (and deadlock less: every merge locks in the same order),
     and a concurrent INSERT that references a source waits for the merge to
-    commit.  SQLite locks the whole database and needs nothing here.
+    commit.  Returns the identities no row has (any more): the caller refuses
+    them.  SQLite locks the whole database and needs nothing here.
     """
     if dialect_of(bind).name == "sqlite":
-        return
-    for statement in sql.lock_rows(table, identities):
-        bind.execute(statement).all()
+        return set()
+    wanted = set(identities)
+    found: set[Values] = set()
+    for statement in sql.lock_rows(table, list(wanted)):
+        found.update(tuple(row) for row in bind.execute(statement))
+    return wanted - found
 
 
 def rowcount(bind: Bind, statement: Any) -> int:
@@ -135,7 +155,7 @@ def plan(
             continue  # nothing can reference a NULL
         if any(v is None for v in target_values) or source_values == target_values:
             params = sql.pair_parameters(source_values)
-            count = bind.execute(sql.count_references(key), params).scalar_one()
+            count = execute(bind, sql.count_references(key), key, "counting", params).scalar_one()
             if count:
                 raise ReferencesError(
                     f"cannot re-point {count} row(s) of {key.name}: the target's "
@@ -145,13 +165,47 @@ def plan(
         key_plan = KeyPlan(key, source_values, target_values)
         if held_by_target(key) and target(key.columns) == source_values:
             key_plan.target_refers_to_source = target(key.identity)
-        params = sql.pair_parameters(source_values, target_values)
-        for unique in key.unique_keys:
-            rows = bind.execute(sql.conflicting_rows(key, unique), params).all()
-            if rows:
-                key_plan.conflicts.append(Conflict(key, unique.name, tuple(tuple(r) for r in rows)))
+        key_plan.conflicts = read_conflicts(bind, key, source_values, target_values)
         plans.append(key_plan)
     return plans
+
+
+def read_conflicts(
+    bind: Bind, key: ReferencingKey, source: Values, target: Values
+) -> list[Conflict]:
+    """The source's rows that would clash, per unique key of the referencing table."""
+    params = sql.pair_parameters(source, target)
+    conflicts = []
+    for unique in key.unique_keys:
+        rows = execute(bind, sql.conflicting_rows(key, unique), key, "reading conflicts of", params)
+        found = tuple(tuple(r) for r in rows)
+        if found:
+            conflicts.append(Conflict(key, unique.name, found))
+    return conflicts
+
+
+def apply_all(
+    bind: Bind, plans: Sequence[KeyPlan], on_conflict: str, fetch: bool
+) -> tuple[list[KeyResult], list[KeyMoves]]:
+    """Apply every key's plan, in order.
+
+    When an earlier key already re-pointed rows of the same table, a unique
+    key spanning both foreign keys may clash anew: those keys' conflicts are
+    read again just before their UPDATE.
+    """
+    results, moves = [], []
+    updated: set[Any] = set()
+    for key_plan in plans:
+        key = key_plan.key
+        if key.table in updated and key.unique_keys:
+            key_plan.conflicts = read_conflicts(bind, key, key_plan.source, key_plan.target)
+            if key_plan.conflicts and on_conflict == "raise":
+                raise MergeConflictError(key_plan.conflicts)
+        result, moved = apply(bind, key_plan, on_conflict, fetch)
+        updated.add(key.table)
+        results.append(result)
+        moves.append(moved)
+    return results, moves
 
 
 def check_plans(
@@ -183,7 +237,8 @@ def dry_run(bind: Bind, plans: Sequence[KeyPlan], on_conflict: str) -> list[KeyR
     results = []
     for key_plan in plans:
         params = sql.pair_parameters(key_plan.source)
-        count = bind.execute(sql.count_references(key_plan.key), params).scalar_one()
+        statement = sql.count_references(key_plan.key)
+        count = execute(bind, statement, key_plan.key, "counting", params).scalar_one()
         results.append(
             KeyResult.planned(
                 key_plan.key,
@@ -206,7 +261,7 @@ def apply(
     if key_plan.target_refers_to_source is not None:
         statement = sql.nullify(key, key_plan.target_refers_to_source, key_plan.source)
         execute(bind, statement, key, "clearing the target's reference to the source in")
-        moves.kept.add(key_plan.target_refers_to_source)
+        moves.nulled.add(key_plan.target_refers_to_source)
     clashing = key_plan.conflicting_rows
     if clashing and on_conflict == "delete":
         deletion = sql.delete_rows(key, key_plan.source, clashing)
@@ -225,7 +280,7 @@ def apply(
         rows = execute(bind, returning, key, "re-pointing", params).all()
     else:
         selected = execute(bind, sql.rows_of(key), key, "reading", params).all()
-        rows = [r for r in selected if tuple(r) not in moves.kept]
+        rows = [r for r in selected if tuple(r) not in moves.kept | moves.nulled]
         execute(bind, update, key, "re-pointing", params)
     moves.moved = {tuple(r): key_plan.target for r in rows}
     result.repointed = len(rows)

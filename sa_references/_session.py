@@ -111,6 +111,8 @@ class ReferencesSession(Session):
         self._objects.setdefault(id(source), source)
         self._objects.setdefault(id(target), target)
         changed = self._chains.add(id(source), id(target))
+        if id(source) not in changed:  # the same merge, queued again
+            return self._entries[id(source)].report
         report = MergeReport(source, target, applied=False)
         if id(source) in changed:
             entry = _QueuedMerge(

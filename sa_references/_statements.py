@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -29,6 +29,7 @@ from sqlalchemy import (
 from ._keys import AnyColumn, ReferencingKey, UniqueKey
 
 Values = tuple[Any, ...]
+T = TypeVar("T")
 
 #: identities per IN list; well under every driver's bound-parameter limit
 IN_CHUNK = 500
@@ -78,13 +79,32 @@ def _from_source(key: ReferencingKey) -> ColumnElement[bool]:
 # named parameters), so SQLAlchemy's compiled cache serves every later merge.
 
 
-@functools.lru_cache(maxsize=4096)
+def cached(build: Callable[..., T]) -> Callable[..., T]:
+    """Build a statement once per key (and arguments), stored on the key itself.
+
+    The cache then lives exactly as long as the key's MetaData, where an
+    ``lru_cache`` would keep old MetaData alive.
+    """
+
+    @functools.wraps(build)
+    def get(key: ReferencingKey, *args: Any) -> T:
+        slot = (build.__name__, *args)
+        try:
+            found: T = key.cache[slot]
+        except KeyError:
+            found = key.cache[slot] = build(key, *args)
+        return found
+
+    return get
+
+
+@cached
 def count_references(key: ReferencingKey) -> Select[Any]:
     """``SELECT count(*)`` of the rows referencing ``:src_<i>`` through ``key``."""
     return select(func.count()).select_from(key.table).where(_from_source(key))
 
 
-@functools.lru_cache(maxsize=4096)
+@cached
 def conflicting_rows(key: ReferencingKey, unique: UniqueKey) -> Select[Any]:
     """Identities of the source's rows that would clash on ``unique`` once re-pointed.
 
@@ -109,13 +129,13 @@ def conflicting_rows(key: ReferencingKey, unique: UniqueKey) -> Select[Any]:
     )
 
 
-@functools.lru_cache(maxsize=4096)
+@cached
 def rows_of(key: ReferencingKey) -> Select[Any]:
     """Identities of every row that references ``:src_<i>`` through ``key``."""
     return select(*key.identity).where(_from_source(key)).order_by(*key.identity)
 
 
-@functools.lru_cache(maxsize=4096)
+@cached
 def _repoint(key: ReferencingKey) -> Update:
     targets = _named(key.columns, "tgt")
     return (
@@ -254,6 +274,9 @@ LOCK_CHUNK = 1000
 def lock_rows(table: Any, identities: Sequence[Values]) -> Iterator[Select[Any]]:
     """``SELECT pk ... ORDER BY pk FOR UPDATE`` over ``identities``, in primary key order."""
     pk = list(table.primary_key.columns)
-    ordered = sorted(set(identities))
+    try:
+        ordered = sorted(set(identities))
+    except TypeError:  # values of mixed types: any fixed total order will do
+        ordered = sorted(set(identities), key=repr)
     for chunk in chunks(ordered, LOCK_CHUNK):
         yield select(*pk).where(_identity_in(pk, chunk)).order_by(*pk).with_for_update()

@@ -45,8 +45,10 @@ class KeyMoves:
     moves: dict[Values, Values]
     #: identities of rows left on their source (ignored conflicts)
     kept: set[Values] = field(default_factory=set)
-    #: identities of rows deleted as conflicts
+    #: identities of rows deleted as conflicts (shared by every key of the table)
     deleted: set[Values] = field(default_factory=set)
+    #: identities of targets' own rows whose reference to their source was set to NULL
+    nulled: set[Values] = field(default_factory=set)
     #: identity -> new values of every moved row, when they were fetched
     moved: dict[Values, Values] | None = None
 
@@ -157,6 +159,11 @@ class _Synchronizer:
         self.graph = graph
         self.pairs = pairs
         self.by_key = {km.key: km for km in key_moves}
+        deleted: dict[Any, set[Values]] = {}
+        for km in self.by_key.values():  # a row deleted through one key is gone for all
+            deleted.setdefault(km.key.table, set()).update(km.deleted)
+        for km in self.by_key.values():
+            km.deleted = deleted[km.key.table]
         self.mode = mode
         self.target_of = {id(s): t for s, t in pairs}
         self.result = SyncResult()
@@ -188,9 +195,11 @@ class _Synchronizer:
     @staticmethod
     def fate(km: KeyMoves, identity: Values | None) -> str:
         if identity is None:
-            return "unknown" if (km.kept or km.deleted) else "moved"
+            return "unknown" if (km.kept or km.deleted or km.nulled) else "moved"
         if identity in km.deleted:
             return "deleted"
+        if identity in km.nulled:
+            return "nulled"
         if identity in km.kept:
             return "kept"
         return "moved"
@@ -213,6 +222,9 @@ class _Synchronizer:
                 if value is not _NOT_LOADED and value is not None:
                     current = column_values(instance_state(value), key.referred_columns)
                     break
+        if identity is not None and identity in km.nulled:
+            self.null(state, km)
+            return
         if km.moved is not None:  # fetched: only the rows known to have moved
             if identity is None:
                 if current in km.moves:
@@ -254,6 +266,19 @@ class _Synchronizer:
                     self.session.expire(obj, [rel.key])
                 else:
                     set_committed_value(obj, rel.key, target)
+        self.touch(obj)
+
+    def null(self, state: InstanceState[Any], km: KeyMoves) -> None:
+        """A target's own reference to its source, set to NULL in the database."""
+        rels = relationships(state.mapper, km.key)
+        names = [p for p in rels.column_attributes if p in state.dict]
+        names += [r.key for r in rels.many_to_one if r.key in state.dict]
+        obj = state.obj()
+        if self.mode == "expire":
+            self.expire(obj, names)
+            return
+        for name in names:
+            set_committed_value(obj, name, None)
         self.touch(obj)
 
     # -- many-to-many collections seen from the other side ---------------
@@ -358,11 +383,12 @@ class _Synchronizer:
         for member in _members(source_state, rel):
             if km.moved is not None and rel.secondary is None:
                 identity = identity_of(member, km)
-                fate = (
-                    "moved"
-                    if identity in km.moved
-                    else ("deleted" if identity in km.deleted else "kept")
-                )
+                if identity in km.moved:
+                    fate = "moved"
+                else:
+                    fate = self.fate(km, identity)
+                    if fate == "moved":
+                        fate = "kept"  # fetched, and not among the rows that moved
             else:
                 fate = self.fate(km, identity_of(member, km))
             if fate == "unknown":
