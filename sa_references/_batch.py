@@ -30,6 +30,7 @@ from ._repoint import (
     check_bind,
     check_options,
     connection_of,
+    current_read,
     execute,
     lock_rows,
     rowcount,
@@ -288,7 +289,7 @@ def _read_conflicts(bind: Bind, batch: _KeyBatch) -> list[Conflict]:
     key, width = batch.key, len(batch.key.identity)
     conflicts = []
     for unique in key.unique_keys:
-        statement = sql.batch_conflicts(key, unique, batch.mapping)
+        statement = current_read(bind, sql.batch_conflicts(key, unique, batch.mapping))
         rows = execute(bind, statement, key, "reading conflicts of").all()
         if rows:
             identities = tuple(tuple(r[:width]) for r in rows)

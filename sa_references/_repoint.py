@@ -119,6 +119,18 @@ def lock_rows(bind: Bind, table: Any, identities: Sequence[Values]) -> set[Value
     return wanted - found
 
 
+def current_read(bind: Bind, statement: Any) -> Any:
+    """On MySQL/MariaDB, a locking read: it sees the latest committed rows.
+
+    InnoDB's REPEATABLE READ otherwise answers from the transaction's first
+    snapshot, which can predate rows committed just before our locks were
+    granted; the conflict check would miss them and the UPDATE would fail.
+    """
+    if dialect_of(bind).name == "mysql":
+        return statement.with_for_update(read=True)
+    return statement
+
+
 def rowcount(bind: Bind, statement: Any) -> int:
     """Rows matched by an UPDATE or DELETE (MySQL dialects ask for found rows)."""
     result = cast("CursorResult[Any]", bind.execute(statement))
@@ -177,7 +189,8 @@ def read_conflicts(
     params = sql.pair_parameters(source, target)
     conflicts = []
     for unique in key.unique_keys:
-        rows = execute(bind, sql.conflicting_rows(key, unique), key, "reading conflicts of", params)
+        statement = current_read(bind, sql.conflicting_rows(key, unique))
+        rows = execute(bind, statement, key, "reading conflicts of", params)
         found = tuple(tuple(r) for r in rows)
         if found:
             conflicts.append(Conflict(key, unique.name, found))
