@@ -20,10 +20,11 @@ counts them.  At the end, following the merges that committed:
 Bounded: a fixed number of operations per thread, a deadline, lock timeouts
 of a few seconds.  PostgreSQL and MariaDB only (SQLite serialises writers).
 Run with ``-s`` to see what was done and retried.  Two ways a concurrent merge
-goes wrong are pinned, deterministically, by strict xfails at the end: a
-source merged away meanwhile is merged "again" without an error, and on
-MariaDB a deadlock inside the merge's SAVEPOINT surfaces as "SAVEPOINT does
-not exist"; the main test counts them among the retries.
+once went wrong are reproduced, deterministically, at the end: a source merged
+away meanwhile must be refused (it was merged "again" without an error), and
+on MariaDB a deadlock inside the merge's SAVEPOINT must surface as the
+deadlock (not as "SAVEPOINT does not exist"); the main test counts neither
+among the retries.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, insert, select
-from sqlalchemy.exc import DBAPIError, SAWarning
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
@@ -70,9 +71,8 @@ RETRYABLE = {
     "foreign key violation",
     "unique violation",
     "source deleted meanwhile",
+    "source merged away meanwhile",
     "row gone",
-    "source merged away meanwhile, undetected",
-    "deadlock, masked as 'SAVEPOINT does not exist'",
 }
 PG_STATES = {
     "40P01": "deadlock",
@@ -93,32 +93,22 @@ MYSQL_CODES = {
 def classify(error: BaseException) -> str:
     if isinstance(error, StaleDataError):
         return "source deleted meanwhile"
-    if isinstance(error, SAWarning) and "0 were matched" in str(error):
-        # the source was merged away by another transaction after this one loaded it: the
-        # lock finds no row and the merge goes on (STALE_SOURCE below); it only fails here
-        # because the test suite turns SAWarning into errors
-        return "source merged away meanwhile, undetected"
+    if isinstance(error, ReferencesError) and "no longer exist" in str(error):
+        # the lock of the rows merged found one gone: merged away by another transaction
+        # after this one picked it (test_merge_of_a_source_merged_away_meanwhile_is_refused)
+        return "source merged away meanwhile"
     if isinstance(error, (ReferencesError, ObjectDeletedError)):
         return "row gone"
     if isinstance(error, DBAPIError):
         orig = error.orig
         code = orig.args[0] if orig is not None and orig.args else None
-        if code == 1305:
-            # InnoDB rolled the whole transaction back (a deadlock): ROLLBACK TO SAVEPOINT then
-            # fails, and its error replaces the deadlock (MASKED_DEADLOCK below)
-            cause = error.__context__
-            while cause is not None:
-                found = classify(cause) if isinstance(cause, DBAPIError) else "unexpected"
-                found = found.split(", masked")[0]
-                if found in RETRYABLE:
-                    return f"{found}, masked as 'SAVEPOINT does not exist'"
-                cause = cause.__context__
-            return "unexpected"
         if code in MYSQL_CODES:
             return MYSQL_CODES[code]
         state = getattr(orig, "sqlstate", None)
         if state in PG_STATES:
             return PG_STATES[state]
+    # among them: a stale source merged "again" (SAWarning "0 were matched", an error under
+    # this test suite) and MariaDB's 1305 "SAVEPOINT does not exist" in place of a deadlock
     return "unexpected"
 
 
@@ -403,19 +393,7 @@ def test_concurrent_merges_lose_nothing(world: World, db: Backend) -> None:
     assert alive == {ledger.resolve(c) for c in world.customers}
 
 
-# -- the two ways a concurrent merge goes wrong, made deterministic ---------------------------
-
-STALE_SOURCE = (
-    "BUG: merge_into locks the source and target rows (lock_objects) but never checks that "
-    "the lock found them: a source merged away and deleted by another transaction after it "
-    "was loaded is 'merged' again from its stale identity map values: nothing is re-pointed, "
-    "no error (and with delete=True the DELETE matches 0 rows: only an SAWarning)"
-)
-MASKED_DEADLOCK = (
-    "BUG: InnoDB rolls back the whole transaction of a deadlock victim; the library's "
-    "SAVEPOINT rollback then fails with 1305 'SAVEPOINT ... does not exist', and that error "
-    "replaces the deadlock (1213): a caller's retry-on-deadlock does not recognise it"
-)
+# -- the two ways a concurrent merge went wrong, made deterministic ---------------------------
 
 
 @pytest.fixture
@@ -437,10 +415,12 @@ def pair_of_customers(db: Backend) -> Iterator[tuple[Engine, dict[str, int]]]:
     engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_SOURCE)
 def test_merge_of_a_source_merged_away_meanwhile_is_refused(
     pair_of_customers: tuple[Engine, dict[str, int]],
 ) -> None:
+    """A source merged away and deleted by another transaction after it was loaded: the lock
+    finds no row, the merge is refused (it once went on from the stale identity map: nothing
+    re-pointed, no error)."""
     engine, ids = pair_of_customers
     with Session(engine) as session:
         source = session.get(Customer, ids["source"])
@@ -450,7 +430,7 @@ def test_merge_of_a_source_merged_away_meanwhile_is_refused(
         source.name, target.name  # noqa: B018  (loaded again, before the other merge)
         with engine.begin() as other:
             merge_rows(other, CUSTOMER, ids["source"], ids["other"], delete=True)
-        with pytest.raises(ReferencesError):
+        with pytest.raises(ReferencesError, match="no longer exist"):
             merge_into(source, target)
 
 
@@ -464,13 +444,14 @@ def _waiting_on_orders(engine: Engine) -> int:
 
 
 @pytest.mark.backends("mariadb")
-@pytest.mark.xfail(strict=True, reason=MASKED_DEADLOCK)
 @pytest.mark.parametrize("api", ["merge_many", "merge_into"])
 def test_a_deadlocked_merge_raises_the_deadlock(
     pair_of_customers: tuple[Engine, dict[str, int]], api: str
 ) -> None:
     """The merge waits for an order row another transaction holds, which then asks for the
-    source row the merge locked: InnoDB picks the merge (it changed fewer rows) as victim."""
+    source row the merge locked: InnoDB picks the merge (it changed fewer rows) as victim and
+    rolls its whole transaction back; the failing ROLLBACK TO SAVEPOINT (1305) that follows
+    must not replace the deadlock (1213) a caller's retry recognises."""
     engine, ids = pair_of_customers
     outcome: list[BaseException | None] = []
 

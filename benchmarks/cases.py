@@ -1,0 +1,464 @@
+"""The benchmark cases: which contenders run, at which sizes, on which data.
+
+``single``
+    N merges one by one on a plain Session: ``merge_into`` (default
+    ``synchronize_session="evaluate"``, and ``False``) against the peer's
+    ``merge_references``; N is the smallest ``--n``.
+``batch``
+    N merges at once: ``ReferencesSession`` (merges queued, applied at
+    commit), ``merge_many`` (Core), hand-written set-based SQL and the peer
+    loop; N is the smallest ``--n``.
+``scaling``
+    The batch contenders and both loops at every ``--n``; a loop whose
+    predicted time per run exceeds ``--budget`` seconds is skipped for time.
+``dependents``
+    ``dependents(obj)`` iterated and counted against the peer's
+    ``dependent_objects(obj)``, for a sample of customers.
+``discovery``
+    Finding the referencing keys with few and with many unrelated mapped
+    tables in the MetaData: ``referencing_keys`` (cached per MetaData) against
+    the peer's ``get_referencing_foreign_keys`` (scans every table on each
+    call), and whole merges with each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, select
+from sqlalchemy.orm import Session
+
+import sa_references
+
+from . import contenders as c
+from .measure import Entry, Kind, Result, StatementCounter, measure_round_robin
+from .schema import Dataset, Models, VerificationError, build_models, load, verify
+
+#: in the order they run: the heavy scaling case last, so that the database's
+#: background work after its big runs (vacuum, purge) cannot slow the others
+CASES = ("single", "batch", "dependents", "discovery", "scaling")
+
+
+@dataclass
+class Options:
+    sizes: list[int]
+    repeat: int = 3
+    memory: bool = True
+    #: seconds one run of a loop contender may be predicted to take before it is skipped;
+    #: a merge measurement stops repeating once its runs add up to a third of it (2 runs min.)
+    budget: float = 60.0
+    rows_per_record: int = 10
+    unrelated: list[int] = field(default_factory=lambda: [10, 300])
+    #: customers sampled by the dependents case
+    sample: int = 200
+    #: calls per run in the discovery case
+    calls: int = 2000
+
+
+@dataclass
+class Backend:
+    name: str
+    engine: Engine
+    version: str
+    driver: str
+    dialect: str = ""
+
+    def __post_init__(self) -> None:
+        self.dialect = self.dialect or self.engine.dialect.name
+
+
+@dataclass
+class Context:
+    backend: Backend
+    options: Options
+    counter: StatementCounter
+    log: Callable[[str], None]
+    results: list[Result] = field(default_factory=list)
+    #: merge measurements by (contender, variant, n), shared by the batch and scaling cases
+    merges: dict[tuple[str, str, int], Result] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> Engine:
+        return self.backend.engine
+
+    def add(self, result: Result) -> Result:
+        self.results.append(result)
+        if result.ok:
+            memory = f", peak {result.peak_bytes / 2**20:.1f} MiB" if result.peak_bytes else ""
+            self.log(
+                f"  {result.contender} {result.variant} N={result.n}: "
+                f"{result.median:.3f} s median of {len(result.times)}, "
+                f"{result.statement_count} statements{memory}"
+            )
+        else:
+            self.log(
+                f"  {result.contender} {result.variant} N={result.n}: "
+                f"{result.skipped or result.error}"
+            )
+        return result
+
+
+# -- merges -------------------------------------------------------------------------
+
+
+class MergeTrial:
+    """Fresh data for ``n`` merges, one contender's run, then the check."""
+
+    def __init__(self, ctx: Context, models: Models, contender: c.MergeContender, n: int) -> None:
+        self.ctx = ctx
+        self.models = models
+        self.contender = contender
+        self.data: Dataset = load(ctx.engine, models, n, ctx.options.rows_per_record)
+        self.session: Session | None = None
+
+    def prepare(self) -> Callable[[], object]:
+        contender, engine, data = self.contender, self.ctx.engine, self.data
+        if contender.orm is not None:
+            orm = contender.orm
+            session = self.session = contender.session_factory(engine)
+            objects = c.load_customers(session, self.models)
+            return lambda: orm(session, objects, data.pairs)
+        assert contender.core is not None
+        core = contender.core
+        return lambda: core(engine, self.models, data.pairs)
+
+    def verify(self) -> None:
+        verify(self.ctx.engine, self.models, self.data)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+
+def _predict(ctx: Context, contender: c.MergeContender, n: int) -> str | None:
+    """Why a loop contender is skipped at ``n`` (None: it runs)."""
+    earlier = sorted(
+        (
+            r
+            for (name, variant, size), r in ctx.merges.items()
+            if name == contender.name and variant == contender.variant and size < n
+        ),
+        key=lambda r: r.n,
+    )
+    if not earlier:
+        return None
+    last = earlier[-1]
+    if not last.ok:
+        return (
+            f"skipped for time: already {'skipped' if last.skipped else 'failed'} at N={last.n:,}"
+        )
+    exponent = 1.0
+    done = [r for r in earlier if r.ok]
+    if len(done) >= 2 and done[-1].median > 0 and done[-2].median > 0:
+        exponent = max(
+            1.0, math.log(done[-1].median / done[-2].median) / math.log(done[-1].n / done[-2].n)
+        )
+    predicted = last.median * (n / last.n) ** exponent
+    if predicted <= ctx.options.budget:
+        return None
+    return (
+        f"skipped for time: predicted ~{predicted:,.0f} s per run at N={n:,} "
+        f"(measured {last.median:.1f} s at N={last.n:,}, growth N^{exponent:.2f}; "
+        f"budget {ctx.options.budget:.0f} s)"
+    )
+
+
+def run_merges(
+    ctx: Context,
+    case: str,
+    models: Models,
+    contenders: Sequence[c.MergeContender],
+    n: int,
+    unrelated: int | None = None,
+    memory: bool = True,
+) -> list[Result]:
+    """Measure merge contenders at ``n``, interleaved; reuse measurements from other cases."""
+    results: list[Result] = []
+    entries: list[Entry] = []
+    for contender in contenders:
+        key = (contender.name, contender.variant, n)
+        if key in ctx.merges:
+            results.append(ctx.merges[key])
+            continue
+        result = Result(
+            case,
+            ctx.backend.name,
+            contender.name,
+            contender.kind,
+            n,
+            "merge",
+            n,
+            variant=contender.variant,
+            unrelated=unrelated,
+        )
+        ctx.merges[key] = result
+        results.append(result)
+        if contender.unavailable:
+            result.skipped = contender.unavailable
+        elif contender.loop:
+            result.skipped = _predict(ctx, contender, n)
+        if result.skipped is not None:
+            continue
+        traced = memory and ctx.options.memory and contender.kind != "hand-written"
+        if contender.loop and n != min(ctx.options.sizes):
+            traced = False  # tracing a long loop takes several times its run
+        entries.append(
+            Entry(
+                result,
+                functools.partial(MergeTrial, ctx, models, contender, n),
+                traced,
+            )
+        )
+    measure_round_robin(entries, ctx.counter, ctx.options.repeat, time_cap=ctx.options.budget / 3)
+    return [ctx.add(dataclasses.replace(result, case=case)) for result in results]
+
+
+def single(ctx: Context) -> None:
+    n = min(ctx.options.sizes)
+    models = build_models()
+    try:
+        run_merges(ctx, "single", models, [c.MERGE_INTO, c.MERGE_INTO_NO_SYNC, c.PEER], n)
+    finally:
+        models.dispose()
+
+
+def batch_contenders(dialect: str) -> list[c.MergeContender]:
+    return [c.QUEUED, c.MERGE_MANY, *c.hand_written(dialect), c.PEER]
+
+
+def batch(ctx: Context) -> None:
+    n = min(ctx.options.sizes)
+    models = build_models()
+    try:
+        run_merges(ctx, "batch", models, batch_contenders(ctx.backend.dialect), n)
+    finally:
+        models.dispose()
+
+
+def scaling(ctx: Context) -> None:
+    models = build_models()
+    try:
+        for n in sorted(ctx.options.sizes):
+            contenders = [*batch_contenders(ctx.backend.dialect), c.MERGE_INTO]
+            run_merges(ctx, "scaling", models, contenders, n)
+    finally:
+        models.dispose()
+
+
+# -- dependents ---------------------------------------------------------------------
+
+
+class DependentsTrial:
+    """One fresh Session; each sampled customer's dependents listed or counted."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        models: Models,
+        data: Dataset,
+        ids: Sequence[int],
+        call: Callable[[Any], int],
+    ) -> None:
+        self.ctx, self.models, self.data, self.ids, self.call = ctx, models, data, ids, call
+        self.session = Session(ctx.engine)
+        self.found: list[int] = []
+
+    def prepare(self) -> Callable[[], object]:
+        customer = self.models.customer
+        objects = self.session.scalars(select(customer).where(customer.id.in_(self.ids))).all()
+
+        def action() -> None:
+            self.found = [self.call(obj) for obj in objects]
+
+        return action
+
+    def verify(self) -> None:
+        wrong = [n for n in self.found if n != self.data.rows_per_record]
+        if wrong or len(self.found) != len(self.ids):
+            raise VerificationError(
+                f"{len(wrong)} of {len(self.found)} customers have a wrong number of dependents "
+                f"(first: {wrong[:3]}, expected {self.data.rows_per_record})"
+            )
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _listed(rows: Any, customer: Any) -> int:
+    items = list(rows)
+    if any(item.customer_id != customer.id for item in items):
+        raise VerificationError(f"a dependent of {customer!r} references another customer")
+    return len(items)
+
+
+def _ours_list(obj: Any) -> int:
+    return _listed(sa_references.dependents(obj), obj)
+
+
+def _ours_count(obj: Any) -> int:
+    return sa_references.dependents(obj).count()
+
+
+def _peer_list(obj: Any) -> int:
+    return _listed(c.peer_dependent_objects(obj), obj)
+
+
+def _peer_count(obj: Any) -> int:
+    count: int = c.peer_dependent_objects(obj).count()
+    return count
+
+
+def dependents(ctx: Context) -> None:
+    n = min(ctx.options.sizes)
+    models = build_models()
+    try:
+        data = load(ctx.engine, models, n, ctx.options.rows_per_record)
+        step = max(1, data.customers // ctx.options.sample)
+        ids = list(range(1, data.customers + 1, step))[: ctx.options.sample]
+        calls: list[tuple[str, Kind, Callable[[Any], int]]] = [
+            ("dependents(obj) iterated", "ours", _ours_list),
+            ("dependents(obj).count()", "ours", _ours_count),
+            ("dependent_objects(obj) iterated", "peer", _peer_list),
+            ("dependent_objects(obj).count()", "peer", _peer_count),
+        ]
+        results, entries = [], []
+        for name, kind, call in calls:
+            result = Result("dependents", ctx.backend.name, name, kind, n, "call", len(ids))
+            results.append(result)
+            if kind == "peer" and c.PEER_MISSING:
+                result.skipped = c.PEER_MISSING
+                continue
+            entries.append(
+                Entry(
+                    result,
+                    functools.partial(DependentsTrial, ctx, models, data, ids, call),
+                    ctx.options.memory,
+                )
+            )
+        measure_round_robin(entries, ctx.counter, ctx.options.repeat)
+        for result in results:
+            ctx.add(result)
+    finally:
+        models.dispose()
+
+
+# -- discovery ----------------------------------------------------------------------
+
+
+class CallsTrial:
+    """``calls`` calls of a discovery function on a MetaData; no database.
+
+    With ``invalidate``, the MetaData is changed before each call (a table is
+    added, then removed) and only the calls are timed: the cost of rebuilding
+    the cache.
+    """
+
+    def __init__(
+        self,
+        call: Callable[[], set[Any]],
+        calls: int,
+        expected: set[Any],
+        invalidate: MetaData | None = None,
+    ) -> None:
+        self.call, self.calls, self.expected, self.invalidate = call, calls, expected, invalidate
+        self.seen: list[set[Any]] = []
+
+    def prepare(self) -> Callable[[], object]:
+        def action() -> float | None:
+            if self.invalidate is None:
+                self.seen = [self.call() for _ in range(self.calls)]
+                return None
+            elapsed = 0.0
+            for _ in range(self.calls):
+                probe = Table("discovery_probe", self.invalidate, Column("id", Integer))
+                self.invalidate.remove(probe)
+                start = time.perf_counter()
+                self.seen.append(self.call())
+                elapsed += time.perf_counter() - start
+            return elapsed
+
+        return action
+
+    def verify(self) -> None:
+        if len(self.seen) != self.calls or any(found != self.expected for found in self.seen):
+            raise VerificationError("a call found other keys than the five expected")
+
+    def close(self) -> None:
+        pass
+
+
+def discovery(ctx: Context) -> None:
+    n = min(ctx.options.sizes)
+    calls = ctx.options.calls
+    for unrelated in ctx.options.unrelated:
+        models = build_models(unrelated)
+        try:
+            customer = models.customer
+            expected = {fk for t in models.referencing_tables for fk in t.foreign_key_constraints}
+
+            def ours(customer: Any = customer) -> set[Any]:
+                return {k.constraint for k in sa_references.referencing_keys(customer)}
+
+            def peer(customer: Any = customer) -> set[Any]:
+                return {fk.constraint for fk in c.peer_referencing_keys(customer)}
+
+            key_calls: list[tuple[str, Kind, Callable[[], set[Any]], int, MetaData | None]] = [
+                ("referencing_keys (cached)", "ours", ours, calls, None),
+                (
+                    "referencing_keys after a schema change",
+                    "ours",
+                    ours,
+                    max(1, calls // 20),
+                    models.metadata,
+                ),
+                ("get_referencing_foreign_keys", "peer", peer, calls, None),
+            ]
+            results, entries = [], []
+            for name, kind, call, count, invalidate in key_calls:
+                result = Result(
+                    "discovery",
+                    ctx.backend.name,
+                    name,
+                    kind,
+                    0,
+                    "call",
+                    count,
+                    variant=f"{unrelated} unrelated tables",
+                    unrelated=unrelated,
+                )
+                results.append(result)
+                if kind == "peer" and c.PEER_MISSING:
+                    result.skipped = c.PEER_MISSING
+                    continue
+                entries.append(
+                    Entry(
+                        result,
+                        functools.partial(CallsTrial, call, count, expected, invalidate),
+                        memory=False,
+                    )
+                )
+            measure_round_robin(entries, ctx.counter, ctx.options.repeat)
+            for result in results:
+                ctx.add(result)
+            tagged = [
+                dataclasses.replace(contender, variant=f"{unrelated} unrelated tables")
+                for contender in (c.MERGE_INTO, c.PEER)
+            ]
+            run_merges(ctx, "discovery", models, tagged, n, unrelated=unrelated, memory=False)
+        finally:
+            models.dispose()
+
+
+RUNNERS: dict[str, Callable[[Context], None]] = {
+    "single": single,
+    "batch": batch,
+    "scaling": scaling,
+    "dependents": dependents,
+    "discovery": discovery,
+}
