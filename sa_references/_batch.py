@@ -391,7 +391,9 @@ def merge_many(
         involved = [*target_of, *target_of.values()]
         lock_rows(bind, table, involved)
         rows = _fetch_rows(bind, table, set(involved))
-        key_pairs = {key: _key_pairs(bind, key, target_of, rows) for key in keys}
+        key_pairs = pairs_by_key(
+            bind, keys, target_of.items(), lambda k, columns: tuple(rows[k][c] for c in columns)
+        )
         report.keys, _ = run_batch(
             bind,
             key_pairs,
@@ -434,18 +436,30 @@ def _fetch_rows(bind: Bind, table: Table, keys: set[Values]) -> dict[Values, dic
     return found
 
 
-def _key_pairs(
+def pairs_by_key(
     bind: Bind,
-    key: ReferencingKey,
-    target_of: Mapping[Values, Values],
-    rows: Mapping[Values, Mapping[AnyColumn, Any]],
-) -> dict[Values, Values]:
-    pairs: dict[Values, Values] = {}
-    for source, target in target_of.items():
-        source_values = tuple(rows[source][c] for c in key.referred_columns)
-        target_values = tuple(rows[target][c] for c in key.referred_columns)
-        add_values(bind, key, pairs, source_values, target_values)
-    return pairs
+    keys: Sequence[ReferencingKey],
+    pairs: Iterable[tuple[T, T]],
+    values_of: Callable[[T, tuple[AnyColumn, ...]], Values],
+) -> dict[ReferencingKey, dict[Values, Values]]:
+    """Per key, the referred values of every pair (source values -> target values).
+
+    Keys that refer to the same columns share one dict, read once, and so one
+    mapping table.
+    """
+    pairs = list(pairs)
+    grouped: dict[tuple[AnyColumn, ...], list[ReferencingKey]] = {}
+    for key in keys:
+        grouped.setdefault(key.referred_columns, []).append(key)
+    by_key: dict[ReferencingKey, dict[Values, Values]] = {}
+    for columns, same in grouped.items():
+        shared: dict[Values, Values] = {}
+        for source, target in pairs:
+            source_values, target_values = values_of(source, columns), values_of(target, columns)
+            for key in same:
+                add_values(bind, key, shared, source_values, target_values)
+        by_key.update(dict.fromkeys(same, shared))
+    return by_key
 
 
 def add_values(

@@ -11,9 +11,8 @@ from sqlalchemy import event
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
 
-from ._batch import BatchReport, Chains, add_values, run_batch
+from ._batch import BatchReport, Chains, pairs_by_key, run_batch
 from ._errors import ReferencesError
-from ._keys import ReferencingKey
 from ._merge import describe, graph_of, known_values, lock_objects
 from ._repoint import check_options, savepoint
 from ._report import MergeReport
@@ -223,13 +222,8 @@ def _apply_group(session: Session, group: Sequence[_QueuedMerge]) -> SyncResult:
     lock_objects(session, [obj for entry in group for obj in (entry.source, entry.target)])
     graph = graph_of(mapper)
     keys = graph.keys_for_mapper(mapper)
-    key_pairs: dict[ReferencingKey, dict[Values, Values]] = {key: {} for key in keys}
-    for columns, same in _by_referred_columns(keys).items():
-        for entry in group:
-            source = known_values(entry.source, columns)
-            target = known_values(entry.target, columns)
-            for key in same:
-                add_values(session, key, key_pairs[key], source, target)
+    pairs = [(entry.source, entry.target) for entry in group]
+    key_pairs = pairs_by_key(session, keys, pairs, known_values)
     results, moves = run_batch(
         session,
         key_pairs,
@@ -237,22 +231,12 @@ def _apply_group(session: Session, group: Sequence[_QueuedMerge]) -> SyncResult:
         on_self_reference=first.on_self_reference,
         fetch=first.synchronize_session == "fetch",
     )
-    pairs = [(entry.source, entry.target) for entry in group]
     batch = BatchReport(None, None, keys=results, pairs=pairs)
     for entry in group:
         entry.report.keys = results
         entry.report.batch = batch
         entry.report.applied = True
     return synchronize(session, graph, pairs, moves, first.synchronize_session)
-
-
-def _by_referred_columns(
-    keys: Sequence[ReferencingKey],
-) -> dict[tuple[Any, ...], list[ReferencingKey]]:
-    grouped: dict[tuple[Any, ...], list[ReferencingKey]] = {}
-    for key in keys:
-        grouped.setdefault(key.referred_columns, []).append(key)
-    return grouped
 
 
 def _apply_before_commit(session: ReferencesSession) -> None:
