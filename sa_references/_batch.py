@@ -2,9 +2,11 @@
 
 The pairs of a batch are written to a temporary mapping table (one per set
 of referred columns), and every referencing key is re-pointed by one UPDATE
-joined to it.  Conflicts are read set-based too: one SELECT per unique key
-of a referencing table, covering clashes with rows already at a target and
-clashes between several sources merged into one target.
+joined to it.  Conflicts are read set-based too: one SELECT per referencing
+key with unique keys, covering clashes with rows already at a target and
+clashes between several sources merged into one target; the few rows it
+returns are ranked in Python, greedily by identity over every unique key at
+once, as merging the rows one at a time would.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session
 from . import _statements as sql
 from ._errors import MergeConflictError, ReferencesError
 from ._keys import AnyColumn, ReferencingKey, reference_graph
-from ._merge import primary_key_values
+from ._merge import key_normaliser
 from ._repoint import (
     Bind,
     OnConflict,
@@ -31,6 +33,7 @@ from ._repoint import (
     check_options,
     connection_of,
     current_read,
+    dialect_of,
     execute,
     lock_rows,
     rowcount,
@@ -77,11 +80,19 @@ class Chains(Generic[T]):
                     f"{describe(source)} is already queued to be merged into {describe(previous)}"
                 )
             return set()
-        changed = self._sources_of.pop(source, set())
-        changed.add(source)
-        for other in changed:
-            self.target_of[other] = final
-        self._sources_of.setdefault(final, set()).update(changed)
+        changed = self._sources_of.pop(source, None)
+        if changed is None:
+            changed = {source}
+            self.target_of[source] = final
+        else:
+            changed.add(source)
+            for other in changed:
+                self.target_of[other] = final
+        into = self._sources_of.get(final)
+        if into is None:
+            self._sources_of[final] = changed
+            return set(changed)
+        into.update(changed)
         return changed
 
 
@@ -93,7 +104,7 @@ def resolve_chains(pairs: Iterable[tuple[T, T]], describe: Callable[[T], str] = 
     return chains.target_of
 
 
-@dataclass
+@dataclass(slots=True)
 class BatchReport(MergeReport):
     """The result of a batch: per referencing key, totals over every merge in it."""
 
@@ -196,12 +207,14 @@ def run_batch(
     dry_run: bool = False,
     fetch: bool = False,
 ) -> tuple[list[KeyResult], list[KeyMoves]]:
-    """Apply (or count) every key's pairs set-based.
+    """Apply every key's pairs set-based.
 
     Call it inside a SAVEPOINT (:func:`~._repoint.savepoint`): its temporary
     tables are dropped inside it on success, and the caller's rollback
     undoes everything on failure (they are dropped afterwards on MySQL, whose
-    temporary tables outlive a rollback).
+    temporary tables outlive a rollback).  A dry run applies the batch too, so
+    that its counts are the batch's: its SAVEPOINT must be one that rolls back
+    (``savepoint(bind, rollback=True)``).
     """
     connection = connection_of(bind)
     tables = _TemporaryTables(connection)
@@ -213,8 +226,12 @@ def run_batch(
         if conflicts and on_conflict == "raise" and not dry_run:
             raise MergeConflictError(conflicts)
         moves: list[KeyMoves] = []
-        if dry_run:
-            results = _count(bind, batches, on_conflict)
+        if dry_run:  # the batch itself, in the caller's SAVEPOINT, which rolls it back
+            strategy = "ignore" if on_conflict == "raise" else on_conflict
+            results, _ = _apply_all(bind, tables, batches, strategy, fetch=False)
+            if on_conflict == "raise":
+                for result in results:
+                    result.left = 0
         else:
             results, moves = _apply_all(bind, tables, batches, on_conflict, fetch)
     except BaseException:
@@ -286,33 +303,51 @@ def _read_plan(bind: Bind, batches: Sequence[_KeyBatch], on_self_reference: str)
 
 
 def _read_conflicts(bind: Bind, batch: _KeyBatch) -> list[Conflict]:
-    key, width = batch.key, len(batch.key.identity)
-    conflicts = []
-    for unique in key.unique_keys:
-        statement = current_read(bind, sql.batch_conflicts(key, unique, batch.mapping))
-        rows = execute(bind, statement, key, "reading conflicts of").all()
-        if rows:
-            identities = tuple(tuple(r[:width]) for r in rows)
-            sources = tuple(tuple(r[width:]) for r in rows)
-            conflicts.append(Conflict(key, unique.name, identities, sources))
-    return conflicts
+    """One SELECT over every unique key of the table, ranked here (see :func:`rank_conflicts`)."""
+    key = batch.key
+    if not key.unique_keys:
+        return []
+    statement = current_read(bind, sql.batch_conflicts(key, batch.mapping))
+    rows = execute(bind, statement, key, "reading conflicts of").all()
+    return rank_conflicts(key, rows)
 
 
-def _count(bind: Bind, batches: Sequence[_KeyBatch], on_conflict: str) -> list[KeyResult]:
-    results = []
-    for batch in batches:
-        statement = sql.batch_count(batch.key, batch.mapping)
-        count = execute(bind, statement, batch.key, "counting").scalar_one()
-        results.append(
-            KeyResult.planned(
-                batch.key,
-                count=count,
-                conflicts=batch.conflicts,
-                unchanged=len(batch.self_references),
-                on_conflict=on_conflict,
-            )
-        )
-    return results
+def rank_conflicts(key: ReferencingKey, rows: Iterable[Sequence[Any]]) -> list[Conflict]:
+    """The rows of :func:`._statements.batch_conflicts` that cannot move, per unique key.
+
+    Greedy in identity order, as merging one row at a time would: a row moves
+    unless a row not moving holds its new values on some unique key, or an
+    earlier row that moves already took them; a refused row takes nothing, so
+    the rows it would have blocked on another unique key may still move.  A
+    refused row is listed under every unique key it clashes on.
+    """
+    width, sources, uniques = len(key.identity), len(key.columns), key.unique_keys
+    stride = 2 + width  # per unique key: clash, filled, the group's first identity
+    taken: list[set[Values]] = [set() for _ in uniques]
+    refused: list[list[tuple[Values, Values]]] = [[] for _ in uniques]
+    for row in rows:
+        identity = tuple(row[:width])
+        source = tuple(row[width : width + sources])
+        per_unique = [
+            (row[at], row[at + 1], tuple(row[at + 2 : at + stride]))
+            for at in range(width + sources, width + sources + stride * len(uniques), stride)
+        ]
+        clashes = [
+            n
+            for n, (clash, filled, group) in enumerate(per_unique)
+            if clash or (filled and group in taken[n])
+        ]
+        for n in clashes:
+            refused[n].append((identity, source))
+        if not clashes:
+            for n, (_, filled, group) in enumerate(per_unique):
+                if filled:
+                    taken[n].add(group)
+    return [
+        Conflict(key, unique.name, tuple(i for i, _ in found), tuple(s for _, s in found))
+        for unique, found in zip(uniques, refused)
+        if found
+    ]
 
 
 def _apply(
@@ -381,19 +416,16 @@ def merge_many(
     check_bind(bind)
     if not isinstance(table, Table):
         raise ArgumentError(f"expected a Table; got {table!r}")
-    normalised = [
-        (primary_key_values(table, s), primary_key_values(table, t)) for s, t in _pairs_of(pairs)
-    ]
+    normalise = key_normaliser(table)
+    normalised = [(normalise(s), normalise(t)) for s, t in _pairs_of(pairs)]
     target_of = resolve_chains(normalised, lambda k: f"{table.fullname} {k!r}")
     keys = reference_graph(table.metadata).keys_for_tables([table])
     report = BatchReport(None, None, dry_run=dry_run, pairs=list(target_of.items()))
-    with savepoint(bind):
-        involved = [*target_of, *target_of.values()]
-        lock_rows(bind, table, involved)
-        rows = _fetch_rows(bind, table, set(involved))
-        key_pairs = pairs_by_key(
-            bind, keys, target_of.items(), lambda k, columns: tuple(rows[k][c] for c in columns)
-        )
+    with savepoint(bind, rollback=dry_run):
+        involved = {*target_of, *target_of.values()}
+        missing = lock_rows(bind, table, list(involved))
+        values_of = _referred_values(bind, table, keys, involved, missing)
+        key_pairs = pairs_by_key(bind, keys, target_of.items(), values_of)
         report.keys, _ = run_batch(
             bind,
             key_pairs,
@@ -422,18 +454,48 @@ def _pairs_of(pairs: Iterable[Any]) -> list[tuple[Any, Any]]:
     return checked
 
 
-def _fetch_rows(bind: Bind, table: Table, keys: set[Values]) -> dict[Values, dict[AnyColumn, Any]]:
+def _referred_values(
+    bind: Bind,
+    table: Table,
+    keys: Sequence[ReferencingKey],
+    identities: set[Values],
+    missing: set[Values],
+) -> Callable[[Values, tuple[AnyColumn, ...]], Values]:
+    """How to read a merged row's referred values; raises for rows that do not exist.
+
+    ``missing``: the rows the locks did not find.  When every key refers to
+    primary key columns, the values come from the keys themselves, and rows
+    are only read where no lock said which exist (SQLite).
+    """
+    pk = list(table.primary_key.columns)
+    position = {c: i for i, c in enumerate(pk)}
+    wanted = [c for key in keys for c in key.referred_columns if c not in position]
+    if not wanted and dialect_of(bind).name != "sqlite":
+        _refuse_missing(table, missing)
+        return lambda k, columns: tuple(k[position[c]] for c in columns)
+    rows = _fetch_rows(bind, table, identities, list(dict.fromkeys(wanted)))
+    return lambda k, columns: tuple(
+        k[position[c]] if c in position else rows[k][c] for c in columns
+    )
+
+
+def _fetch_rows(
+    bind: Bind, table: Table, keys: set[Values], columns: Sequence[AnyColumn]
+) -> dict[Values, dict[AnyColumn, Any]]:
+    """``columns`` of the rows keyed ``keys``, by key; raises for the rows that do not exist."""
     pk = list(table.primary_key.columns)
     found: dict[Values, dict[AnyColumn, Any]] = {}
     for chunk in sql.chunks(sorted(keys, key=repr)):
-        for row in bind.execute(select(table).where(sql.identity_in(pk, chunk))):
-            values = {c: row._mapping[c] for c in table.columns}
-            found[tuple(values[c] for c in pk)] = values
-    missing = [k for k in keys if k not in found]
+        for row in bind.execute(select(*pk, *columns).where(sql.identity_in(pk, chunk))):
+            found[tuple(row[: len(pk)])] = dict(zip(columns, row[len(pk) :]))
+    _refuse_missing(table, {k for k in keys if k not in found})
+    return found
+
+
+def _refuse_missing(table: Table, missing: set[Values]) -> None:
     if missing:
         shown = ", ".join(repr(k) for k in sorted(missing, key=repr)[:5])
         raise ReferencesError(f"{len(missing)} key(s) not found in {table.fullname}: {shown}")
-    return found
 
 
 def pairs_by_key(
@@ -456,24 +518,22 @@ def pairs_by_key(
         shared: dict[Values, Values] = {}
         for source, target in pairs:
             source_values, target_values = values_of(source, columns), values_of(target, columns)
-            for key in same:
-                add_values(bind, key, shared, source_values, target_values)
+            if None in source_values or source_values == target_values:
+                continue  # nothing can reference the source through these columns
+            if None in target_values:
+                for key in same:
+                    refuse_references(bind, key, source_values, target_values)
+                continue
+            shared[source_values] = target_values
         by_key.update(dict.fromkeys(same, shared))
     return by_key
 
 
-def add_values(
-    bind: Bind, key: ReferencingKey, pairs: dict[Values, Values], source: Values, target: Values
-) -> None:
-    """Add one pair's referred values, refusing a target that lacks them."""
-    if any(v is None for v in source) or source == target:
-        return
-    if any(v is None for v in target):
-        count = bind.execute(sql.count_references(key), sql.pair_parameters(source)).scalar_one()
-        if count:
-            raise ReferencesError(
-                f"cannot re-point {count} row(s) of {key.name}: the target's "
-                f"{', '.join(c.name for c in key.referred_columns)} is {target}"
-            )
-        return
-    pairs[source] = target
+def refuse_references(bind: Bind, key: ReferencingKey, source: Values, target: Values) -> None:
+    """Raise if rows reference ``source`` through ``key``: the target lacks referred values."""
+    count = bind.execute(sql.count_references(key), sql.pair_parameters(source)).scalar_one()
+    if count:
+        raise ReferencesError(
+            f"cannot re-point {count} row(s) of {key.name}: the target's "
+            f"{', '.join(c.name for c in key.referred_columns)} is {target}"
+        )

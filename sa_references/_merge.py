@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, inspect, select
-from sqlalchemy.exc import ArgumentError, NoInspectionAvailable
+from sqlalchemy import Connection, Table, select
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import InstanceState, Mapper, Session, attributes, object_session
-from sqlalchemy.orm.exc import UnmappedColumnError
+from sqlalchemy.orm.exc import UnmappedClassError, UnmappedColumnError
 
 from . import _repoint as repoint
 from . import _statements as sql
@@ -23,9 +23,11 @@ Values = tuple[Any, ...]
 
 
 def instance_state(obj: object, role: str) -> InstanceState[Any]:
+    # what inspect(obj) does for instances, without trying the class-level inspectors
+    # of DeclarativeBase first (several microseconds per call on SQLAlchemy 2.1)
     try:
-        state = inspect(obj)
-    except NoInspectionAvailable:
+        state = attributes.instance_state(obj)
+    except (AttributeError, KeyError, UnmappedClassError):
         state = None
     if not isinstance(state, InstanceState):
         raise ArgumentError(f"{role} must be an instance of a mapped class; got {obj!r}")
@@ -69,14 +71,22 @@ def session_of(source: object, target: object) -> Session:
             f"{target_state.mapper.class_.__name__}: the target must be of the source's class"
         )
     for role, state in (("source", source_state), ("target", target_state)):
-        if state.deleted or state.was_deleted or state.obj() in session.deleted:
+        if state.was_deleted or marked_for_deletion(session, state):
             raise ReferencesError(f"{role} {describe(state)} is deleted")
     return session
 
 
+def marked_for_deletion(session: Session, state: InstanceState[Any]) -> bool:
+    """``obj in session.deleted``, without building that set (one per call) anew."""
+    pending = getattr(session, "_deleted", None)
+    if isinstance(pending, dict):
+        return state in pending
+    return state.obj() in session.deleted  # pragma: no cover - a Session without _deleted
+
+
 def referred_values(obj: object, columns: Sequence[AnyColumn]) -> Values:
     """The object's values for ``columns`` (loaded if expired)."""
-    mapper = inspect(obj).mapper
+    mapper = attributes.instance_state(obj).mapper
     values = []
     for column in columns:
         try:
@@ -166,7 +176,9 @@ def merge_into(
       ``"ignore"`` (leave them on the source).
     :param delete: delete ``source`` through the session afterwards, so ORM
       cascades and events run.
-    :param dry_run: count only; nothing is written.
+    :param dry_run: report what the merge would do, and keep nothing: its statements
+      run inside a SAVEPOINT that is rolled back (conflicts are reported, not raised),
+      so the counts are the merge's own; loaded objects are left as they are.
     :param synchronize_session: ``"evaluate"`` (the default, or the
       ``ReferencesSession``'s own default), ``"fetch"``, ``"expire"`` or ``False``.
     :param on_self_reference: when the target references the source
@@ -194,48 +206,56 @@ def merge_into(
         return queued
     session.flush()
     for role, obj in (("source", source), ("target", target)):
-        state = inspect(obj)
+        state = attributes.instance_state(obj)
         if not state.persistent:
             raise ReferencesError(f"{role} {describe(state)} is not persistent")
-    source_mapper, target_mapper = inspect(source).mapper, inspect(target).mapper
+    source_state, target_state = (
+        attributes.instance_state(source),
+        attributes.instance_state(target),
+    )
+    source_mapper, target_mapper = source_state.mapper, target_state.mapper
+    # Core statements on the session's connection: the ORM's execute() adds nothing to them
+    bind = session.connection(bind_arguments={"mapper": source_mapper})
     graph = graph_of(source_mapper)
     held_by_target = set(graph.keys_held_by(target_mapper))
     report = MergeReport(source, target, dry_run=dry_run)
     touched: list[object] = []
     removed: list[object] = []
     try:
-        with repoint.savepoint(session):  # reads too: a failed read leaves the session usable
-            lock_objects(session, [source, target])
+        # reads too: a failed read leaves the session usable; a dry run is rolled back
+        with repoint.savepoint(session, rollback=dry_run):
+            lock_objects(bind, [source, target])
             plans = repoint.plan(
-                session,
+                bind,
                 graph.keys_for_mapper(source_mapper),
                 lambda columns: referred_values(source, columns),
                 lambda columns: referred_values(target, columns),
                 held_by_target.__contains__,
             )
-            names = (describe(inspect(source)), describe(inspect(target)))
+            names = (describe(source_state), describe(target_state))
             repoint.check_plans(plans, on_conflict, on_self_reference, names, dry_run)
             if dry_run:
-                report.keys = repoint.dry_run(session, plans, on_conflict)
+                report.keys = repoint.dry_run(bind, plans, on_conflict)
                 return report
-            report.keys, all_moves = repoint.apply_all(session, plans, on_conflict, mode == "fetch")
-            synced = synchronize(session, graph, [(source, target)], all_moves, mode)
+            report.keys, all_moves = repoint.apply_all(bind, plans, on_conflict, mode == "fetch")
+            deleting = [source] if delete else []
+            synced = synchronize(session, graph, [(source, target)], all_moves, mode, deleting)
             touched, removed = synced.touched, synced.removed
             if delete:
                 session.delete(source)
                 session.flush()
     except BaseException:
         for obj in touched:
-            if inspect(obj).session is session:
+            if attributes.instance_state(obj).session is session:
                 session.expire(obj)
         raise
     for obj in removed:
-        if inspect(obj).session is session:
+        if attributes.instance_state(obj).session is session:
             session.expunge(obj)
     return report
 
 
-def lock_objects(session: Session, objects: Sequence[object]) -> None:
+def lock_objects(bind: Bind, objects: Sequence[object]) -> None:
     """:func:`~._repoint.lock_rows` for persistent objects, by identity."""
     by_table: dict[Any, list[Values]] = {}
     for obj in objects:
@@ -244,7 +264,7 @@ def lock_objects(session: Session, objects: Sequence[object]) -> None:
         if isinstance(table, Table) and state.key is not None:
             by_table.setdefault(table, []).append(tuple(state.key[1]))
     for table in sorted(by_table, key=lambda t: t.fullname):
-        missing = repoint.lock_rows(session, table, by_table[table])
+        missing = repoint.lock_rows(bind, table, by_table[table])
         if missing:
             shown = ", ".join(repr(m) for m in sorted(missing, key=repr)[:5])
             raise ReferencesError(
@@ -255,38 +275,50 @@ def lock_objects(session: Session, objects: Sequence[object]) -> None:
 
 def primary_key_values(table: Table, key: Any) -> Values:
     """Normalise a primary key given as a scalar, a sequence or a mapping."""
+    return key_normaliser(table)(key)
+
+
+def key_normaliser(table: Table) -> Callable[[Any], Values]:
+    """:func:`primary_key_values` for ``table``, with the columns looked at once (many keys)."""
     columns = list(table.primary_key.columns)
     if not columns:
         raise ReferencesError(f"table {table.fullname} has no primary key")
-    if isinstance(key, Mapping):
-        missing = [c.name for c in columns if c.name not in key]
-        if missing or len(key) != len(columns):
+    names = ", ".join(c.name for c in columns)
+    types = [_python_type(c) for c in columns]
+
+    def normalise(key: Any) -> Values:
+        if isinstance(key, Mapping):
+            if len(key) != len(columns) or any(c.name not in key for c in columns):
+                raise ArgumentError(f"{table.fullname} is keyed by ({names}); got {dict(key)!r}")
+            values = tuple(key[c.name] for c in columns)
+        else:
+            values = tuple(key) if isinstance(key, (tuple, list)) else (key,)
+        if len(values) != len(columns):
             raise ArgumentError(
-                f"{table.fullname} is keyed by ({', '.join(c.name for c in columns)}); "
-                f"got {dict(key)!r}"
+                f"{table.fullname} is keyed by {len(columns)} column(s) "
+                f"({names}); got {len(values)} value(s)"
             )
-        values = tuple(key[c.name] for c in columns)
-    else:
-        values = tuple(key) if isinstance(key, (tuple, list)) else (key,)
-    if len(values) != len(columns):
-        raise ArgumentError(
-            f"{table.fullname} is keyed by {len(columns)} column(s) "
-            f"({', '.join(c.name for c in columns)}); got {len(values)} value(s)"
-        )
-    for column, value in zip(columns, values):
-        _check_key_value(table, column, value)
-    return values
+        for column, python_type, value in zip(columns, types, values):
+            if python_type is None or type(value) is not python_type:
+                _check_key_value(table, column, python_type, value)
+        return values
+
+    return normalise
 
 
-def _check_key_value(table: Table, column: AnyColumn, value: Any) -> None:
+def _python_type(column: AnyColumn) -> type | None:
+    try:
+        python_type: type = column.type.python_type
+    except NotImplementedError:
+        return None
+    return python_type
+
+
+def _check_key_value(table: Table, column: AnyColumn, python_type: type | None, value: Any) -> None:
     """Refuse a key value no row can have, before a database casts it (1.5 read as 2)."""
     if value is None:
         raise ReferencesError(f"no row of {table.fullname} has a NULL {column.name}")
-    try:
-        python_type = column.type.python_type
-    except NotImplementedError:
-        return
-    if isinstance(value, python_type):
+    if python_type is None or isinstance(value, python_type):
         return
     try:
         fits = python_type(value) == value
@@ -343,7 +375,7 @@ def merge_rows(
     pk = list(table.primary_key.columns)
     graph = reference_graph(table.metadata)
     report = MergeReport(source_key, target_key, dry_run=dry_run)
-    with repoint.savepoint(bind):
+    with repoint.savepoint(bind, rollback=dry_run):
         repoint.lock_rows(bind, table, [source_key, target_key])
         source_row = fetch_row(bind, table, source_key, "source")
         target_row = fetch_row(bind, table, target_key, "target")
@@ -369,13 +401,5 @@ def merge_rows(
             return report
         report.keys, _ = repoint.apply_all(bind, plans, on_conflict, fetch=False)
         if delete:
-            bind.execute(table.delete().where(sql.matches(pk, source_key)))
-    return report
-    with repoint.savepoint(bind):
-        for key_plan in plans:
-            result, _ = repoint.apply(bind, key_plan, on_conflict, fetch=False)
-            report.keys.append(result)
-        if delete:
-            pk = list(table.primary_key.columns)
             bind.execute(table.delete().where(sql.matches(pk, source_key)))
     return report

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import CursorResult, Dialect
-from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import CursorResult, Dialect, NestedTransaction
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session, SessionTransaction
 
 from . import _statements as sql
 from ._errors import MergeConflictError, ReferencesError
@@ -68,11 +68,19 @@ def dialect_of(bind: Bind) -> Dialect:
 
 
 @contextlib.contextmanager
-def savepoint(bind: Bind) -> Iterator[None]:
+def savepoint(bind: Bind, *, rollback: bool = False) -> Iterator[None]:
     """A SAVEPOINT that a later rollback of the enclosing transaction still undoes.
 
     pysqlite starts no transaction before a SAVEPOINT, so releasing it would
     commit; a real BEGIN is issued first when the driver has none open.
+
+    ``rollback=True`` (a dry run) rolls it back even when the block succeeds:
+    the block's writes are undone, and a failure to undo them raises.
+
+    When the RELEASE SAVEPOINT itself fails, SQLAlchemy marks the savepoint
+    inactive so that its rollback emits nothing: the ROLLBACK TO SAVEPOINT is
+    then sent here, or the merge's writes would stay in the caller's
+    transaction (left aborted, on PostgreSQL).
     """
     connection = connection_of(bind)
     if connection.dialect.name == "sqlite":
@@ -80,16 +88,48 @@ def savepoint(bind: Bind) -> Iterator[None]:
         if getattr(driver_connection, "in_transaction", True) is False:
             connection.exec_driver_sql("BEGIN")
     nested = bind.begin_nested()
+    opened: NestedTransaction | None = None
     try:
+        # a Session sends its SAVEPOINT on first use: asking for its connection does
+        opened = connection_of(bind).get_nested_transaction()
         yield
+    except BaseException:
+        _undo(connection, nested, opened)
+        raise
+    if rollback:
+        nested.rollback()
+        return
+    try:
         nested.commit()  # RELEASE SAVEPOINT: when it fails, the merge is rolled back too
     except BaseException:
-        # When the database already rolled the whole transaction back (a MariaDB
-        # deadlock), ROLLBACK TO SAVEPOINT fails too: the first error is the one
-        # a caller can act on (retry), so it is the one that propagates.
-        with contextlib.suppress(DBAPIError):
-            nested.rollback()
+        _undo(connection, nested, opened)
         raise
+
+
+def _undo(
+    connection: Connection,
+    nested: NestedTransaction | SessionTransaction,
+    opened: NestedTransaction | None,
+) -> None:
+    """Roll a failed block's SAVEPOINT back; a database error doing so is suppressed.
+
+    When the database already rolled the whole transaction back (a MariaDB
+    deadlock), ROLLBACK TO SAVEPOINT fails too: the first error is the one a
+    caller can act on (retry), so it is the one that propagates.
+    """
+    # inactive yet still the connection's savepoint: only a failed RELEASE leaves it so
+    release_failed = (
+        opened is not None
+        and not opened.is_active
+        and connection.get_nested_transaction() is opened
+    )
+    with contextlib.suppress(DBAPIError):
+        nested.rollback()  # after a failed RELEASE, this sends nothing
+    alive = connection.in_transaction() and not connection.invalidated
+    if release_failed and opened is not None and alive:
+        # what NestedTransaction.rollback() would have sent, in the dialect's own form
+        with contextlib.suppress(SQLAlchemyError):
+            connection.dialect.do_rollback_to_savepoint(connection, opened._savepoint)
 
 
 def execute(bind: Bind, statement: Any, key: ReferencingKey, what: str, params: Any = None) -> Any:
@@ -247,20 +287,19 @@ def check_plans(
 
 
 def dry_run(bind: Bind, plans: Sequence[KeyPlan], on_conflict: str) -> list[KeyResult]:
-    results = []
-    for key_plan in plans:
-        params = sql.pair_parameters(key_plan.source)
-        statement = sql.count_references(key_plan.key)
-        count = execute(bind, statement, key_plan.key, "counting", params).scalar_one()
-        results.append(
-            KeyResult.planned(
-                key_plan.key,
-                count=count,
-                conflicts=key_plan.conflicts,
-                unchanged=int(key_plan.target_refers_to_source is not None),
-                on_conflict=on_conflict,
-            )
-        )
+    """What :func:`apply_all` would do: it runs, inside ``savepoint(bind, rollback=True)``.
+
+    Counting each key on the state before the merge would miss what an earlier
+    key of the same table does to rows a later key also matches (deletes them
+    as conflicts, moves them): the merge's own statements count exactly, and
+    are rolled back.  With ``on_conflict="raise"`` clashing rows are reported
+    as conflicts, neither moved nor counted as left.
+    """
+    strategy = "ignore" if on_conflict == "raise" else on_conflict
+    results, _ = apply_all(bind, plans, strategy, fetch=False)
+    if on_conflict == "raise":
+        for result in results:
+            result.left = 0
     return results
 
 

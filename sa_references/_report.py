@@ -48,30 +48,6 @@ class KeyResult:
     left: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
 
-    @classmethod
-    def planned(
-        cls,
-        key: ReferencingKey,
-        *,
-        count: int,
-        conflicts: Sequence[Conflict],
-        unchanged: int,
-        on_conflict: str,
-    ) -> KeyResult:
-        """What a dry run reports: ``count`` referencing rows, less those that would not move.
-
-        Clashing rows never count as re-pointed, whatever the strategy;
-        ``unchanged`` rows (a target's reference to its source) neither.
-        """
-        clashing = len(clashing_rows(conflicts))
-        return cls(
-            key,
-            repointed=count - clashing - unchanged,
-            deleted=clashing if on_conflict == "delete" else 0,
-            left=clashing if on_conflict == "ignore" else 0,
-            conflicts=list(conflicts),
-        )
-
     def __str__(self) -> str:
         return (
             f"{self.key.name}: {self.repointed} re-pointed, "
@@ -79,7 +55,7 @@ class KeyResult:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class MergeReport:
     """The result of :func:`merge_into`: one :class:`KeyResult` per referencing key.
 

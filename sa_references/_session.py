@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from sqlalchemy.orm.attributes import instance_state
 
 from ._batch import BatchReport, Chains, pairs_by_key, run_batch
 from ._errors import ReferencesError
-from ._merge import describe, graph_of, known_values, lock_objects
+from ._merge import describe, graph_of, known_values, lock_objects, marked_for_deletion
 from ._repoint import check_options, savepoint
 from ._report import MergeReport
 from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
@@ -21,7 +21,7 @@ from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
 Values = tuple[Any, ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class _QueuedMerge:
     source: object
     target: object
@@ -107,20 +107,20 @@ class ReferencesSession(Session):
         on_self_reference: str,
     ) -> MergeReport:
         mode = self.synchronize_session if synchronize_session is None else synchronize_session
-        self._objects.setdefault(id(source), source)
-        self._objects.setdefault(id(target), target)
-        changed = self._chains.add(id(source), id(target))
-        if id(source) not in changed:  # the same merge, queued again
-            return self._entries[id(source)].report
+        source_id = id(source)
+        objects = self._objects
+        objects.setdefault(source_id, source)
+        objects.setdefault(id(target), target)
+        changed = self._chains.add(source_id, id(target))
+        if not changed:  # the same merge, queued again
+            return self._entries[source_id].report
         report = MergeReport(source, target, applied=False)
-        if id(source) in changed:
-            entry = _QueuedMerge(
-                source, target, on_conflict, delete, on_self_reference, mode, report
-            )
-            self._entries[id(source)] = entry
-            self._queued.append(entry)
-        for moved in changed:
-            self._entries[moved].target = self._objects[self._chains.target_of[moved]]
+        entry = _QueuedMerge(source, target, on_conflict, delete, on_self_reference, mode, report)
+        self._entries[source_id] = entry
+        self._queued.append(entry)
+        final = objects[self._chains.target_of[source_id]]
+        for moved in changed:  # this source, and those already merged into it
+            self._entries[moved].target = final
         return report
 
     def _describe(self, object_id: int) -> str:
@@ -158,21 +158,23 @@ class ReferencesSession(Session):
         queued = list(self._queued)
         self._clear_queue()
         self._applying = True
-        deferred = [q.source for q in queued if q.source in self.deleted]
+        deleted = self.deleted  # one IdentitySet: each call builds a new one
+        deferred = [q.source for q in queued if q.source in deleted]
         touched: list[object] = []
         removed: list[object] = []
         try:
             for source in deferred:
-                _undelete(self, source, queued)
+                _undelete(self, source, deleted)
             super().flush()  # pending rows that reference a source are written first
+            deferred_ids = {id(source) for source in deferred}
+            deleting = [q.source for q in queued if q.delete or id(q.source) in deferred_ids]
             with savepoint(self):
                 for group in _groups(queued):
-                    synced = _apply_group(self, group)
+                    synced = _apply_group(self, group, deleting)
                     touched += synced.touched
                     removed += synced.removed
-                for entry in queued:
-                    if entry.delete or entry.source in deferred:
-                        self.delete(entry.source)
+                for source in deleting:
+                    self.delete(source)
         except BaseException:
             for obj in touched:
                 if instance_state(obj).session is self:
@@ -188,7 +190,7 @@ class ReferencesSession(Session):
                 self.expunge(obj)
 
 
-def _undelete(session: Session, source: object, queued: Sequence[_QueuedMerge]) -> None:
+def _undelete(session: Session, source: object, deleted: Collection[object]) -> None:
     """Hold back a queued source's deletion (and what it cascaded to) until its merge ran."""
     session.add(source)
     mapper = instance_state(source).mapper
@@ -200,7 +202,7 @@ def _undelete(session: Session, source: object, queued: Sequence[_QueuedMerge]) 
                 value = state.dict[rel.key]
                 members = value if rel.uselist else [value]
                 for member in list(members or ()):
-                    if member is not None and member in session.deleted:
+                    if member is not None and member in deleted:
                         session.add(member)
 
 
@@ -211,12 +213,16 @@ def _groups(queued: Sequence[_QueuedMerge]) -> list[list[_QueuedMerge]]:
     return list(groups.values())
 
 
-def _apply_group(session: Session, group: Sequence[_QueuedMerge]) -> SyncResult:
+def _apply_group(
+    session: Session, group: Sequence[_QueuedMerge], deleting: Sequence[object]
+) -> SyncResult:
     first = group[0]
     for entry in group:
         for role, obj in (("source", entry.source), ("target", entry.target)):
             state = instance_state(obj)
-            if not state.persistent or (obj in session.deleted and obj is not entry.source):
+            if not state.persistent or (
+                obj is not entry.source and marked_for_deletion(session, state)
+            ):
                 raise ReferencesError(f"queued merge {role} {obj!r} is no longer persistent")
     mapper: Mapper[Any] = instance_state(first.source).mapper
     lock_objects(session, [obj for entry in group for obj in (entry.source, entry.target)])
@@ -236,7 +242,7 @@ def _apply_group(session: Session, group: Sequence[_QueuedMerge]) -> SyncResult:
         entry.report.keys = results
         entry.report.batch = batch
         entry.report.applied = True
-    return synchronize(session, graph, pairs, moves, first.synchronize_session)
+    return synchronize(session, graph, pairs, moves, first.synchronize_session, deleting)
 
 
 def _apply_before_commit(session: ReferencesSession) -> None:

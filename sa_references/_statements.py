@@ -180,10 +180,6 @@ def _joined(key: ReferencingKey, mapping: Any) -> ColumnElement[bool]:
     return and_(*(c == mapping.c[f"src_{i}"] for i, c in enumerate(key.columns)))
 
 
-def batch_count(key: ReferencingKey, mapping: Any) -> Select[Any]:
-    return select(func.count()).select_from(key.table).where(_joined(key, mapping))
-
-
 def batch_rows(key: ReferencingKey, mapping: Any) -> Select[Any]:
     """Identity and new values of every row a batch re-points (for fetch mode)."""
     targets = [mapping.c[f"tgt_{i}"] for i in range(len(key.columns))]
@@ -197,44 +193,92 @@ def batch_self_references(key: ReferencingKey, mapping: Any) -> Select[Any]:
     return select(*key.identity, *sources).where(_joined(key, mapping), *own)
 
 
-def batch_conflicts(key: ReferencingKey, unique: UniqueKey, mapping: Any) -> Select[Any]:
-    """Identities (and sources) of the rows a batch cannot re-point without a clash.
+def batch_conflicts(key: ReferencingKey, mapping: Any) -> Select[Any]:
+    """The rows a batch may be unable to re-point, with what ranking them takes.
 
-    A moving row clashes when a row that is not moving already holds its new
-    values, or when several moving rows would end with the same values (the
-    first by identity keeps its place).  NULLs never clash.
+    A moving row cannot move when a row that is not moving already holds its
+    new values on a unique key, or when an earlier moving row (by identity)
+    that does move ends with the same values.  Which earlier rows move depends
+    on every unique key at once (a row refused on one key holds no values on
+    the others), so the ranking itself is left to
+    :func:`._batch.rank_conflicts`; this SELECT returns only the rows it
+    needs, by identity: those that clash with a row not moving, or share
+    their new values on a unique key with another moving row.  NULLs never
+    clash.
+
+    Columns: the identity, the sources (``src_<i>``), then per unique key of
+    ``key`` in order: ``clash_<n>`` (1 when a row not moving holds the new
+    values), ``filled_<n>`` (1 when none of them is NULL) and ``first_<n>_<j>``
+    per identity column: the identity of the first moving row (by identity)
+    that would end with the same values, by the database's own comparison --
+    so the same for every row of a group, and different between groups.  The
+    window functions of a unique key share one window (one sort).
+
+    The mapping table is named once (MySQL's "can't reopen" rule); the target's
+    own row of a self-referential key is left out: it is cleared, not moved.
     """
     table = key.table
-    other = table.alias("other")
     new_value = {c: mapping.c[f"tgt_{i}"] for i, c in enumerate(key.columns)}
-    rest = [c for c in unique.columns if c not in new_value]
-    existing = [other.c[c.key] == (new_value.get(c, c)) for c in unique.columns]
-    if not set(key.columns) <= set(unique.columns):
-        existing.append(
+    moving: list[ColumnElement[bool]] = [_joined(key, mapping)]
+    if key.is_self_referential:
+        moving.append(
             or_(
                 *(
-                    other.c[c.key].is_distinct_from(mapping.c[f"src_{i}"])
-                    for i, c in enumerate(key.columns)
+                    column.is_distinct_from(mapping.c[f"tgt_{i}"])
+                    for i, column in enumerate(key.referred_columns)
                 )
             )
         )
-    partition = [new_value[c] for c in unique.columns if c in new_value] + rest
-    sources = [mapping.c[f"src_{i}"].label(f"src_{i}") for i in range(len(key.columns))]
-    ranked = (
-        select(
-            *key.identity,
-            *sources,
-            case((exists().where(*existing), 1), else_=0).label("clash"),
-            func.row_number().over(partition_by=partition, order_by=list(key.identity)).label("rn"),
-            case((and_(true(), *(c.is_not(None) for c in rest)), 1), else_=0).label("filled"),
-        )
-        .where(_joined(key, mapping))
-        .subquery("ranked")
-    )
+    columns: list[Any] = [
+        *key.identity,
+        *(mapping.c[f"src_{i}"].label(f"src_{i}") for i in range(len(key.columns))),
+    ]
+    candidate: list[ColumnElement[bool]] = []
+    for n, unique in enumerate(key.unique_keys):
+        other = table.alias(f"other_{n}")
+        rest = [c for c in unique.columns if c not in new_value]
+        existing = [other.c[c.key] == new_value.get(c, c) for c in unique.columns]
+        if not set(key.columns) <= set(unique.columns):
+            existing.append(
+                or_(
+                    *(
+                        other.c[c.key].is_distinct_from(mapping.c[f"src_{i}"])
+                        for i, c in enumerate(key.columns)
+                    )
+                )
+            )
+        ends_as = [new_value[c] for c in unique.columns if c in new_value] + rest
+        window: dict[str, Any] = {
+            "partition_by": ends_as,
+            "order_by": list(key.identity),
+            "rows": (None, None),
+        }
+        columns += [
+            case((exists().where(*existing), 1), else_=0).label(f"clash_{n}"),
+            case((and_(true(), *(c.is_not(None) for c in rest)), 1), else_=0).label(f"filled_{n}"),
+            func.count().over(**window).label(f"size_{n}"),
+            *(
+                func.first_value(c).over(**window).label(f"first_{n}_{j}")
+                for j, c in enumerate(key.identity)
+            ),
+        ]
+    ranked = select(*columns).where(*moving).subquery("ranked")
+    for n in range(len(key.unique_keys)):
+        clash, filled, size = (ranked.c[f"{name}_{n}"] for name in ("clash", "filled", "size"))
+        candidate.append(or_(clash == 1, and_(filled == 1, size > 1)))
     identity = [ranked.c[c.key] for c in key.identity]
+    flags = [
+        ranked.c[name]
+        for n in range(len(key.unique_keys))
+        for name in (
+            f"clash_{n}",
+            f"filled_{n}",
+            *(f"first_{n}_{j}" for j in range(len(key.identity))),
+        )
+    ]
     return (
-        select(*identity, *(ranked.c[f"src_{i}"] for i in range(len(key.columns))))
-        .where(or_(ranked.c.clash == 1, and_(ranked.c.rn > 1, ranked.c.filled == 1)))
+        select(*identity, *(ranked.c[f"src_{i}"] for i in range(len(key.columns))), *flags)
+        .where(or_(false(), *candidate))
         .order_by(*identity)
     )
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey
+from ._loaded import loaded_states
 
 Values = tuple[Any, ...]
 SynchronizeMode = Literal["evaluate", "fetch", "expire", False]
@@ -154,6 +155,7 @@ class _Synchronizer:
         pairs: Sequence[tuple[object, object]],
         key_moves: Iterable[KeyMoves],
         mode: SynchronizeMode,
+        deleting: Iterable[object] = (),
     ) -> None:
         self.session = session
         self.graph = graph
@@ -166,8 +168,10 @@ class _Synchronizer:
             km.deleted = deleted[km.key.table]
         self.mode = mode
         self.target_of = {id(s): t for s, t in pairs}
+        self.deleting = {id(obj) for obj in deleting}
         self.result = SyncResult()
         self._objects_by_values: dict[ReferencingKey, dict[Values, object]] = {}
+        self._parents_by_values: dict[ReferencingKey, dict[Values, list[InstanceState[Any]]]] = {}
 
     # -- helpers ---------------------------------------------------------
     def objects_by_values(self, key: ReferencingKey) -> dict[Values, object]:
@@ -230,10 +234,11 @@ class _Synchronizer:
                 if current in km.moves:
                     self.expire(state.obj(), props + [r.key for r in rels.many_to_one])
                 return
+            if identity in km.deleted:  # moved by an earlier key, then deleted by this one
+                self.result.removed.append(state.obj())
+                return
             new = km.moved.get(identity)
             if new is None:
-                if identity in km.deleted:
-                    self.result.removed.append(state.obj())
                 return
         else:
             if current is None or current not in km.moves:
@@ -365,17 +370,24 @@ class _Synchronizer:
         rel: Relationship,
         identity_of: Any,
     ) -> None:
-        source, target = source_state.obj(), target_state.obj()
         in_source = rel.key in source_state.dict and rel.key not in source_state.committed_state
         in_target = rel.key in target_state.dict and rel.key not in target_state.committed_state
+        source, target = source_state.obj(), target_state.obj()
+        if not (in_source or in_target or id(source) in self.deleting):
+            return  # the common case in bulk: neither collection loaded
         if self.mode == "expire" or not in_source:
             if in_source:
                 self.expire(source, [rel.key])
             if in_target:
                 self.expire(target, [rel.key])
-            if self.mode != "expire" and not km.kept and rel.key not in source_state.dict:
-                # every row left the source: its collection is known to be empty, so
-                # deleting the source later needs no SELECT to find children to null out
+            if (
+                self.mode != "expire"
+                and not km.kept
+                and rel.key not in source_state.dict
+                and id(source) in self.deleting
+            ):
+                # every row left a source about to be deleted: its collection is known to
+                # be empty, so the delete needs no SELECT to find children to null out
                 _set_members(source, rel, [])
                 self.touch(source)
             return
@@ -383,7 +395,9 @@ class _Synchronizer:
         for member in _members(source_state, rel):
             if km.moved is not None and rel.secondary is None:
                 identity = identity_of(member, km)
-                if identity in km.moved:
+                if identity in km.deleted:
+                    fate = "deleted"
+                elif identity in km.moved:
                     fate = "moved"
                 else:
                     fate = self.fate(km, identity)
@@ -430,7 +444,10 @@ class _Synchronizer:
         if found is None:
             mappers = set(self.graph.mappers_by_table.get(key.table, ()))
             mappers.update(m for m in self.graph.mappers if relationships(m, key).secondary_item)
-            found = _classes_touched[key] = frozenset(m.base_mapper.class_ for m in mappers)
+            # identity keys name the base mapper's class (a concrete mapper's own class)
+            found = _classes_touched[key] = frozenset(
+                cls for m in mappers for cls in (m.class_, m.base_mapper.class_)
+            )
         return found
 
     def run(self) -> SyncResult:
@@ -438,14 +455,9 @@ class _Synchronizer:
             return self.result
         plans: dict[Mapper[Any], tuple[list[KeyMoves], list[tuple[KeyMoves, Relationship]]]] = {}
         classes = frozenset().union(*(self.classes_touched(km.key) for km in self.by_key.values()))
-        identity_map = self.session.identity_map
-        for identity_key in list(identity_map.keys()) if classes else ():
-            if identity_key[0] not in classes:
+        for state in loaded_states(self.session, classes):
+            if state.obj() is None:
                 continue
-            obj = identity_map.get(identity_key)
-            if obj is None:
-                continue
-            state = instance_state(obj)
             mapper = state.mapper
             plan = plans.get(mapper)
             if plan is None:
@@ -456,20 +468,99 @@ class _Synchronizer:
                 self.holder(state, km)
             for km, rel in plan[1]:
                 self.item(state, km, rel)
-        parents: dict[Mapper[Any], list[KeyMoves]] = {}
+        parents: dict[Mapper[Any], tuple[list[KeyMoves], list[str]]] = {}
         for source, target in self.pairs:
-            source_mapper = instance_state(source).mapper
-            keys = parents.get(source_mapper)
-            if keys is None:
-                keys = parents[source_mapper] = [
-                    km
-                    for km in self.by_key.values()
-                    if km.key.referred_table in source_mapper.tables
-                    and relationships(source_mapper, km.key).has_parent_side
-                ]
+            source_state = instance_state(source)
+            source_mapper = source_state.mapper
+            found = parents.get(source_mapper)
+            if found is None:
+                found = parents[source_mapper] = self.parent_plan_for(source_mapper)
+            keys, names = found
+            if id(source) not in self.deleting:
+                loaded, target_loaded = source_state.dict, instance_state(target).dict
+                if not any(n in loaded or n in target_loaded for n in names):
+                    continue  # no collection of either is loaded: nothing to bring in step
             for km in keys:
                 self.parent(source, target, km)
+        self.forget_deleted()
         return self.result
+
+    # -- rows deleted as conflicts, still listed elsewhere -----------------
+    def forget_deleted(self) -> None:
+        """Rows deleted as conflicts leave every loaded collection that lists them.
+
+        A row referencing the merged table through two keys, deleted as a clash on
+        one, is still listed through the other key by an object the merge need not
+        otherwise touch (the target, or a third object).
+        """
+        if self.mode is False or not self.result.removed:
+            return
+        done: set[int] = set()
+        for obj in self.result.removed:
+            if id(obj) in done:
+                continue
+            done.add(id(obj))
+            state = instance_state(obj)
+            for key in self.graph.keys_held_by(state.mapper):
+                values = column_values(state, key.columns)
+                if values is None or None in values:
+                    continue
+                for parent, rel in self.collections_listing(key, values):
+                    self.drop_member(parent, rel, obj)
+
+    def collections_listing(
+        self, key: ReferencingKey, values: Values
+    ) -> list[tuple[InstanceState[Any], Relationship]]:
+        """The loaded one-to-many collections of ``key`` on the objects ``values`` refers to."""
+        index = self._parents_by_values.get(key)
+        if index is None:
+            index = self._parents_by_values[key] = {}
+            mappers = [
+                m
+                for m in self.graph.mappers_by_table.get(key.referred_table, ())
+                if relationships(m, key).one_to_many
+            ]
+            classes = {cls for m in mappers for cls in (m.class_, m.base_mapper.class_)}
+            for state in loaded_states(self.session, classes) if mappers else ():
+                found = column_values(state, key.referred_columns)
+                if found is not None:
+                    index.setdefault(found, []).append(state)
+        return [
+            (parent, rel)
+            for parent in index.get(values, ())
+            for rel in relationships(parent.mapper, key).one_to_many
+        ]
+
+    def drop_member(self, parent: InstanceState[Any], rel: Relationship, member: object) -> None:
+        if rel.key not in parent.dict or rel.key in parent.committed_state:
+            return
+        members = _members(parent, rel)
+        if not any(m is member for m in members):
+            return
+        obj = parent.obj()
+        if self.mode == "expire":
+            self.expire(obj, [rel.key])
+            return
+        _set_members(obj, rel, [m for m in members if m is not member])
+        self.touch(obj)
+
+    def parent_plan_for(self, mapper: Mapper[Any]) -> tuple[list[KeyMoves], list[str]]:
+        """The keys whose rows ``mapper``'s objects list, and the names of those collections."""
+        keys = [
+            km
+            for km in self.by_key.values()
+            if km.key.referred_table in mapper.tables
+            and relationships(mapper, km.key).has_parent_side
+        ]
+        names = [
+            rel.key
+            for km in keys
+            for rel in (
+                *relationships(mapper, km.key).one_to_many,
+                *relationships(mapper, km.key).secondary_parent,
+            )
+        ]
+        return keys, names
 
 
 def synchronize(
@@ -478,6 +569,11 @@ def synchronize(
     pairs: Sequence[tuple[object, object]],
     key_moves: Iterable[KeyMoves],
     mode: SynchronizeMode,
+    deleting: Iterable[object] = (),
 ) -> SyncResult:
-    """Bring the identity map in line with re-pointed rows (see the module docstring)."""
-    return _Synchronizer(session, graph, pairs, key_moves, mode).run()
+    """Bring the identity map in line with re-pointed rows (see the module docstring).
+
+    ``deleting``: the sources about to be deleted, whose unloaded collections are
+    set empty when every row left them (so that the delete needs no SELECT).
+    """
+    return _Synchronizer(session, graph, pairs, key_moves, mode, deleting).run()

@@ -24,8 +24,8 @@ blob and, when the run was random, the seed: rerun the same backend with
 paste the blob decorator above the test.  ``SA_REFERENCES_EXAMPLES=<n>`` (default
 50 per backend) searches longer; ``SA_REFERENCES_NO_SHRINK=1`` skips shrinking;
 ``--hypothesis-show-statistics`` shows what the steps did and which of the
-KNOWN_BUGS (the open ones, tolerated here, each pinned by a strict xfail at the
-end of this file) the examples ran into.  The schema is created and dropped
+KNOWN_BUGS (open bugs tolerated here, each pinned by a strict xfail at the end
+of this file; none today) the examples ran into.  The schema is created and dropped
 outside the merge transaction (MariaDB commits implicitly on DDL); the data
 lives inside a transaction rolled back after each example.
 """
@@ -37,7 +37,7 @@ import gc
 import itertools
 import os
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,23 +80,7 @@ EXAMPLES = int(os.environ.get("SA_REFERENCES_EXAMPLES", "50"))
 PHASES = [p for p in Phase if not (p is Phase.shrink and os.environ.get("SA_REFERENCES_NO_SHRINK"))]
 
 #: library bugs the property tolerates (each has a strict-xfail test below); remove once fixed
-KNOWN_BUGS = {
-    "dry-run-cross-key": "a dry run counts every key on the state before the merge, so its "
-    "counts differ from the real merge's when an earlier key of the same table deletes or "
-    "moves rows the later key also matches",
-    "batch-rank": "a batch (merge_many, ReferencesSession) ranks the rows that would end equal on "
-    "a unique key by identity without skipping rows already refused on another unique key: "
-    "a row that could move is reported as a conflict (and deleted by on_conflict='delete')",
-    "fetch-moved-then-deleted": "with synchronize_session='fetch', a row referencing the source "
-    "through two keys that the first key moves to the target and the second deletes as a "
-    "conflict stays (detached) in the target's loaded collection of the first key (the "
-    "'deleted-row-in-other-collection' fix covers the other order only)",
-    "deleted-row-kept-by-other-key": "a row referencing the merged table through two keys, "
-    "deleted as a conflict of one, stays (detached) in the loaded collection, of the other key, "
-    "of the object it already referenced through that key: the target (but with "
-    "synchronize_session='expire', which reloads it) or an object neither source nor target "
-    "(every synchronize_session)",
-}
+KNOWN_BUGS: dict[str, str] = {}
 PAIR_SUFFIX = "_PAIR"  # class names of tables holding two keys to the merged table
 
 
@@ -421,16 +405,10 @@ class Outcome:
 
 
 class Model:
-    def __init__(
-        self, schema: Schema, rows: dict[str, list[Row]], foreign_keys: bool, rank: bool = False
-    ) -> None:
+    def __init__(self, schema: Schema, rows: dict[str, list[Row]], foreign_keys: bool) -> None:
         self.schema = schema
         self.rows = rows
         self.foreign_keys = foreign_keys
-        #: KNOWN_BUGS["batch-rank"]: a batch ranks clashing rows without skipping refused ones
-        self.rank = rank
-        #: keys of the last merge whose counts depend on an earlier key's writes
-        self.suspect_dry_run: set[str] = set()
 
     # -- lookups
     def main_row(self, rows: dict[str, list[Row]], pk: Values) -> Row:
@@ -484,14 +462,12 @@ class Model:
         accepted: list[Row] = []
         conflicts: list[Row] = []
         ordered = sorted(moving, key=lambda r: sort_key(vals(r, key.identity)))
-        earlier: list[Row] = []
         for row in ordered:
             new = {**row, **dict(zip(key.cols, mapping[vals(row, key.cols)]))}
-            if self.clashes(new, staying + (earlier if self.rank else accepted), key.uniques):
+            if self.clashes(new, staying + accepted, key.uniques):
                 conflicts.append(row)
             else:
                 accepted.append(new)
-            earlier.append(new)
         identities = frozenset(vals(r, key.identity) for r in conflicts)
         conflict_ids = {id(r) for r in conflicts}
         result_rows = list(staying)
@@ -519,7 +495,6 @@ class Model:
         the state before anything is written, in the library's order.
         """
         rows = self.rows
-        self.suspect_dry_run = set()
         mappings: list[tuple[MKey, dict[Values, Values]]] = []
         for key in keys:
             mapping: dict[Values, Values] = {}
@@ -544,12 +519,6 @@ class Model:
         for key, mapping in mappings:
             table = new_rows[key.table]
             result, table[:] = self._apply_key(table, key, mapping, mode)
-            # the same key counted on the state before the merge's first write, as a dry run
-            # does: it differs when an earlier key of the same table deleted or moved rows
-            # this key also matches (KNOWN_BUGS["dry-run-cross-key"])
-            planned, _ = self._apply_key(copy.deepcopy(rows[key.table]), key, mapping, mode)
-            if planned != result:
-                self.suspect_dry_run.add(key.name)
             if on_conflict == "raise":
                 if result[3]:
                     conflicts[key.name] = result[3]
@@ -784,48 +753,10 @@ def identity_map_problems(session: Session) -> list[Stale]:
     return problems
 
 
-def check_identity_map(
-    session: Session,
-    step: Step | None = None,
-    pairs: Iterable[tuple[Values, Values]] = (),
-    model: Model | None = None,
-) -> None:
-    """No loaded attribute differs from the database; after ``step`` (merging ``pairs``, on
-    ``model``'s rows) two known bugs are tolerated, narrowly."""
+def check_identity_map(session: Session) -> None:
+    """No loaded attribute differs from the database."""
     problems = identity_map_problems(session)
-    if step is not None and model is not None:
-        merged = dict(pairs)
-        for problem in list(problems):
-            # a collection of a table holding two keys keeps a row the merge deleted as a conflict
-            holder = _identity(problem.obj)[1]
-            if not problem.detached or holder in merged:
-                continue
-            extra = [m for m in problem.memory if m not in problem.database]
-            if not (
-                extra
-                and all(m in problem.detached and m[0].endswith(PAIR_SUFFIX) for m in extra)
-                and all(m in problem.memory for m in problem.database)
-            ):
-                continue
-            reloaded = step.sync == "expire" and holder in merged.values()
-            if not reloaded and all(held_before(model, holder, problem.attr, m[1]) for m in extra):
-                known_bug("deleted-row-kept-by-other-key", f": {problem}")
-            elif step.sync == "fetch" and holder in merged.values():
-                known_bug("fetch-moved-then-deleted", f": {problem}")
-            else:
-                continue
-            session.expire(problem.obj, [problem.attr])
-            problems.remove(problem)
     assert not problems, "identity map differs from the database:\n" + "\n".join(map(str, problems))
-
-
-def held_before(model: Model, holder: Values, attr: str, member: Values) -> bool:
-    """Whether row ``member`` referenced ``holder`` through the key of collection ``attr``
-    (``r<n>_<side>``) in ``model``, before the step."""
-    short, side = attr.rsplit("_", 1)
-    (key,) = [k for k in model.schema.keys if k.table == short and k.cols[0][0] == side]
-    row = next(r for r in model.rows[short] if (r["id"],) == member)
-    return vals(row, key.cols) == model.referred(model.rows, holder, key)
 
 
 def load_some(session: Session, schema: Schema, rnd: Any) -> None:
@@ -1005,7 +936,7 @@ def expected_flush(model: Model, step: Step, queued: Queued) -> list[Outcome]:
                 delete=[],
             )
         )
-        current = Model(schema, outcomes[-1].rows, model.foreign_keys, rank=model.rank)
+        current = Model(schema, outcomes[-1].rows, model.foreign_keys)
     if step.delete and queued.groups:
         sources = [s for group in queued.groups for s in group]
         deleted = [("sub", s) for s in sources if model.is_sub(s)] + [("main", s) for s in sources]
@@ -1066,40 +997,17 @@ def drop_schema(engine: Engine, schema: Schema) -> None:
     schema.registry.dispose()
 
 
-def ranked(model: Model) -> Model:
-    return Model(model.schema, model.rows, model.foreign_keys, rank=True)
-
-
-def same_outcome(a: Outcome | Expected, b: Outcome | Expected) -> bool:
-    if isinstance(a, Expected) or isinstance(b, Expected):
-        return isinstance(a, Expected) and isinstance(b, Expected) and a.kind is b.kind
-    return a.rows == b.rows and nontrivial(a.results) == nontrivial(b.results)
-
-
 def check_step(session: Session, connection: Any, model: Model, step: Step, before: Any) -> Model:
     """Run ``step``, compare everything with the model; returns the new model."""
     expected = expect(lambda: expected_outcome(model, step))
-    alternative = None
-    if step.kind == "many":  # KNOWN_BUGS["batch-rank"]
-        alternative = expect(lambda: expected_outcome(ranked(model), step))
-        if same_outcome(expected, alternative):
-            alternative = None
-    suspect_dry_run = set(model.suspect_dry_run)
     note(f"expected: {expected if isinstance(expected, Expected) else 'success'}")
     try:
         report: MergeReport | None = run_step(session, model.schema, step)
         error: BaseException | None = None
     except (ReferencesError, IntegrityError, StaleDataError) as raised:
         report, error = None, raised
-    run = Run(session, connection, model, step, before, report, error, suspect_dry_run)
-    try:
-        return run.compare(expected)
-    except AssertionError:
-        if alternative is None:
-            raise
-        new_model = run.compare(alternative)
-        known_bug("batch-rank", f": {step}")
-        return new_model
+    run = Run(session, connection, model, step, before, report, error)
+    return run.compare(expected)
 
 
 def expect(compute: Callable[[], Outcome]) -> Outcome | Expected:
@@ -1120,8 +1028,6 @@ class Run:
     before: Any
     report: MergeReport | None
     error: BaseException | None
-    #: keys whose dry-run counts may differ from the merge's (KNOWN_BUGS["dry-run-cross-key"])
-    suspect_dry_run: set[str]
 
     def compare(self, expected: Outcome | Expected) -> Model:
         session, model, step, error = self.session, self.model, self.step, self.error
@@ -1142,17 +1048,11 @@ class Run:
         assert not isinstance(expected, Expected), f"no error; expected {expected}\n{report}"
         assert after == model_snapshot(schema, expected.rows), "database differs from the model"
         found, wanted = summary(report), nontrivial(expected.results)
-        if step.dry_run:  # KNOWN_BUGS["dry-run-cross-key"]
-            differs = sorted(k for k in self.suspect_dry_run if found.get(k) != wanted.get(k))
-            if differs:
-                known_bug("dry-run-cross-key", f" on {differs}: {report}")
-            found = {k: v for k, v in found.items() if k not in self.suspect_dry_run}
-            wanted = {k: v for k, v in wanted.items() if k not in self.suspect_dry_run}
         assert found == wanted, f"report differs:\n{report}"
         if step.kind == "many":
             assert sorted(report.pairs) == sorted(expected.pairs)  # type: ignore[attr-defined]
         if step.kind in ("orm", "session"):
-            check_identity_map(session, step, step.pairs, model)
+            check_identity_map(session)
         else:
             session.expunge_all()
         moved = sum(r[0] + r[1] + r[2] for r in expected.results.values())
@@ -1191,9 +1091,6 @@ def check_session_step(
             assert not refused, f"queued {source} -> {target}, expected a refusal"
     assert snapshot(connection, schema) == before, "queueing wrote to the database"
     expected = expect_flush(model, step, queued)
-    alternative = expect_flush(ranked(model), step, queued)  # KNOWN_BUGS["batch-rank"]
-    if same_flush(expected, alternative):
-        alternative = None
     note(f"expected flush: {expected if isinstance(expected, Expected) else 'success'}")
     try:
         session.flush()
@@ -1201,14 +1098,7 @@ def check_session_step(
     except (ReferencesError, IntegrityError, StaleDataError) as raised:
         error = raised
     flush = Flush(session, connection, model, step, before, queued, reports, error)
-    try:
-        return flush.compare(expected)
-    except AssertionError:
-        if alternative is None:
-            raise
-        new_model = flush.compare(alternative)
-        known_bug("batch-rank", f": {step}")
-        return new_model
+    return flush.compare(expected)
 
 
 def expect_flush(model: Model, step: Step, queued: Queued) -> list[Outcome] | Expected:
@@ -1216,12 +1106,6 @@ def expect_flush(model: Model, step: Step, queued: Queued) -> list[Outcome] | Ex
         return expected_flush(model, step, queued)
     except Expected as refusal:
         return refusal
-
-
-def same_flush(a: list[Outcome] | Expected, b: list[Outcome] | Expected) -> bool:
-    if isinstance(a, Expected) or isinstance(b, Expected):
-        return isinstance(a, Expected) and isinstance(b, Expected) and a.kind is b.kind
-    return len(a) == len(b) and all(same_outcome(x, y) for x, y in zip(a, b))
 
 
 @dataclass
@@ -1270,7 +1154,7 @@ class Flush:
             assert report.applied
             wanted = nontrivial(outcomes[queued.group_of[source]].results)
             assert summary(report) == wanted, f"report differs:\n{report}"
-        check_identity_map(session, step, queued.target_of.items(), model)
+        check_identity_map(session)
         merges, batches = len(queued.target_of), len(queued.groups)
         event(f"session: flushed {merges} merge(s) in {batches} batch(es)")
         return Model(schema, final, model.foreign_keys)
@@ -1420,7 +1304,6 @@ def test_clash_between_two_keys_of_one_table(
             assert connection.execute(select(r0)).all() == [(2, 2, 2)]
 
 
-@pytest.mark.xfail(strict=True, reason=f"BUG: {KNOWN_BUGS['dry-run-cross-key']}")
 def test_dry_run_counts_what_the_merge_does(prop_engine: tuple[Engine, bool]) -> None:
     """Key a deletes (1, 1) as a clash with (2, 1); key b then has one row left to move."""
     rows = {
@@ -1433,7 +1316,77 @@ def test_dry_run_counts_what_the_merge_does(prop_engine: tuple[Engine, bool]) ->
         assert summary(planned) == summary(done)
 
 
-@pytest.mark.xfail(strict=True, reason=f"BUG: {KNOWN_BUGS['batch-rank']}")
+@pytest.mark.parametrize("on_conflict", ON_CONFLICT)
+@pytest.mark.parametrize("api", ["orm", "orm-references-session", "rows", "rows-session"])
+def test_dry_run_reports_the_merge_and_changes_nothing(
+    prop_engine: tuple[Engine, bool], api: str, on_conflict: str
+) -> None:
+    """Merging 1 into 2, key a finds (1, 1) clashing with (2, 1); key b then moves what key a
+    left: (2, 1) alone once (1, 1) is deleted, both when it stays.  A dry run reports exactly
+    what the merge does ("raise": what "ignore" does, conflicts left in place, none counted as
+    left), writes nothing, and leaves the loaded objects as they were (not even expired)."""
+    rows = {"main": MAIN_123, "r0": [pair_row(1, 1, 1), pair_row(2, 2, 1)]}
+    with scratch(prop_engine, PAIR, rows) as (schema, connection, plain):
+        session = plain
+        if api == "orm-references-session":
+            session = ReferencesSession(bind=connection, join_transaction_mode="create_savepoint")
+        try:
+            main, link = schema.classes["main"], schema.classes["r0"]
+            links = session.scalars(select(link).order_by(link.id)).all()
+            source, target = session.get(main, 1), session.get(main, 2)
+            for obj in (source, target):
+                obj.r0_a, obj.r0_b  # noqa: B018
+
+            def merge(strategy: str, dry_run: bool = False) -> MergeReport:
+                options: dict[str, Any] = {"on_conflict": strategy, "dry_run": dry_run}
+                if api.startswith("orm"):
+                    report = merge_into(source, target, **options)
+                    session.flush()  # a ReferencesSession applies the merge it queued
+                    return report
+                bind = session if api == "rows-session" else connection
+                return merge_rows(bind, schema.main, 1, 2, **options)
+
+            before = snapshot(connection, schema)
+            planned = merge(on_conflict, dry_run=True)
+            assert snapshot(connection, schema) == before
+            for obj in (*links, source, target):
+                state = inspect(obj)
+                assert not state.expired_attributes and not state.modified, obj
+            assert [(r.a_id, r.b_id) for r in links] == [(1, 1), (2, 1)]
+            assert [inspect(r).identity for r in target.r0_b] == []
+            assert identity_map_problems(session) == []
+            a_key, b_key = (f"{schema.tables['r0'].name}({c})" for c in ("a_id", "b_id"))
+            assert (planned.rowcount, planned.deleted, planned.left) == {
+                "delete": (1, 1, 0),
+                "ignore": (2, 0, 1),
+                "raise": (2, 0, 0),
+            }[on_conflict]
+            assert [row for c in planned.conflicts for row in c.rows] == [(1,)]
+            assert planned[a_key].repointed == 0 and planned[b_key].conflicts == []
+            if on_conflict == "raise":
+                with pytest.raises(MergeConflictError):
+                    merge("raise")
+                assert snapshot(connection, schema) == before
+                done = merge("ignore")
+                wanted = {k: (n, d, 0, c) for k, (n, d, _, c) in summary(done).items()}
+            else:
+                done = merge(on_conflict)
+                wanted = summary(done)
+            assert summary(planned) == wanted
+        finally:
+            if session is not plain:
+                session.close()
+
+
+def test_batch_dry_run_counts_what_the_batch_does(prop_engine: tuple[Engine, bool]) -> None:
+    """test_dry_run_counts_what_the_merge_does, for merge_many."""
+    rows = {"main": MAIN_123, "r0": [pair_row(1, 1, 1), pair_row(2, 2, 1)]}
+    with scratch(prop_engine, PAIR, rows) as (schema, connection, _):
+        planned = merge_many(connection, schema.main, [(1, 2)], on_conflict="delete", dry_run=True)
+        done = merge_many(connection, schema.main, [(1, 2)], on_conflict="delete")
+        assert summary(planned) == summary(done)
+
+
 def test_batch_keeps_a_row_whose_rival_was_refused(prop_engine: tuple[Engine, bool]) -> None:
     """Unique (ref, val) and (ref, val2); 1 and 2 merge into 3.  Row 10 moves first; row 11
     clashes with it on val2; row 12 clashes with nothing that moves -- only with row 11 on
@@ -1451,6 +1404,52 @@ def test_batch_keeps_a_row_whose_rival_was_refused(prop_engine: tuple[Engine, bo
         report = merge_many(connection, schema.main, [(1, 3), (2, 3)], on_conflict="delete")
         assert sorted(connection.execute(select(r0.c.id, r0.c.ref_id)).all()) == [(10, 3), (12, 3)]
         assert report.deleted == 1
+
+
+@pytest.mark.parametrize("on_conflict", ON_CONFLICT)
+def test_batch_ranks_over_every_unique_key_at_once(
+    prop_engine: tuple[Engine, bool], on_conflict: str
+) -> None:
+    """Unique (ref, val) and (ref, val2); 1 and 2 merge into 3, one row at a time by id:
+    10 moves; 11 clashes with it on val2; 12 only with 11 (on val), so it moves; 13 clashes
+    with 12 on val2; 14 only with 13, so it moves; 15 clashes with 9, already at 3; 16 only
+    with 15, so it moves.  Every strategy, and a dry run, agree on which rows clash."""
+    rows = {
+        "main": MAIN_123,
+        "r0": [
+            {"id": 9, "ref_id": 3, "val": 5, "val2": 5},
+            {"id": 10, "ref_id": 1, "val": 0, "val2": 0},
+            {"id": 11, "ref_id": 2, "val": 1, "val2": 0},
+            {"id": 12, "ref_id": 1, "val": 1, "val2": 1},
+            {"id": 13, "ref_id": 2, "val": 2, "val2": 1},
+            {"id": 14, "ref_id": 1, "val": 2, "val2": 2},
+            {"id": 15, "ref_id": 1, "val": 5, "val2": 7},
+            {"id": 16, "ref_id": 2, "val": 6, "val2": 7},
+        ],
+    }
+    pairs = [(1, 3), (2, 3)]
+    options: dict[str, Any] = {"on_conflict": on_conflict}
+    moved = [(9, 3), (10, 3), (12, 3), (14, 3), (16, 3)]
+    refused = {(11,), (13,), (15,)}
+    with scratch(prop_engine, TWO_UNIQUES, rows) as (schema, connection, _):
+        r0 = schema.tables["r0"]
+        before = snapshot(connection, schema)
+        planned = merge_many(connection, schema.main, pairs, dry_run=True, **options)
+        assert {row for c in planned.conflicts for row in c.rows} == refused
+        if on_conflict == "raise":
+            with pytest.raises(MergeConflictError) as info:
+                merge_many(connection, schema.main, pairs)
+            assert {row for c in info.value.conflicts for row in c.rows} == refused
+            assert snapshot(connection, schema) == before
+            return
+        done = merge_many(connection, schema.main, pairs, **options)
+        assert summary(done) == summary(planned)
+        assert (done.rowcount, done.deleted, done.left) == (
+            (4, 3, 0) if on_conflict == "delete" else (4, 0, 3)
+        )
+        left = [] if on_conflict == "delete" else [(11, 2), (13, 2), (15, 1)]
+        found = sorted(connection.execute(select(r0.c.id, r0.c.ref_id)).all())
+        assert found == sorted(moved + left)
 
 
 def test_batch_delete_is_atomic(prop_engine: tuple[Engine, bool]) -> None:
@@ -1500,12 +1499,7 @@ def test_row_deleted_through_one_key_leaves_the_other_collection(
     "mode",
     [
         "evaluate",
-        pytest.param(
-            "fetch",
-            marks=pytest.mark.xfail(
-                strict=True, reason=f"BUG: {KNOWN_BUGS['fetch-moved-then-deleted']}"
-            ),
-        ),
+        "fetch",
         "expire",
     ],
 )
@@ -1535,23 +1529,8 @@ def test_row_moved_by_one_key_then_deleted_by_another_leaves_the_collection(
                 session.close()
 
 
-@pytest.mark.parametrize(
-    ("holder", "mode"),
-    [
-        pytest.param(
-            holder,
-            mode,
-            id=f"{name}-{mode}",
-            marks=()
-            if (name, mode) == ("target", "expire")  # expire reloads the target's collections
-            else pytest.mark.xfail(
-                strict=True, reason=f"BUG: {KNOWN_BUGS['deleted-row-kept-by-other-key']}"
-            ),
-        )
-        for holder, name in ((2, "target"), (3, "third"))
-        for mode in ("evaluate", "fetch", "expire")
-    ],
-)
+@pytest.mark.parametrize("mode", ["evaluate", "fetch", "expire"])
+@pytest.mark.parametrize("holder", [2, 3], ids=["target", "third"])
 def test_row_deleted_as_a_conflict_leaves_the_other_keys_collection(
     prop_engine: tuple[Engine, bool], holder: int, mode: str
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -297,3 +298,115 @@ def test_many_to_one_never_gets_an_object_of_another_class(db: Any) -> None:
         metadata.drop_all(db.engine)
         Auto.registry.dispose()
         Base.registry.dispose()
+
+
+# -- objects that enter the session after its first merge ----------------------------------------
+# The synchronizer follows the session's lifecycle events instead of scanning the whole
+# identity map on every merge; each way into the identity map must be seen.
+
+
+_codes = itertools.count()
+
+
+def _merge_pair(session: Session) -> tuple[Customer, Customer]:
+    dupe = Customer(name="dupe", code=f"dupe-{next(_codes)}")
+    keeper = Customer(name="keeper", code=f"keeper-{next(_codes)}")
+    session.add_all([dupe, keeper])
+    session.flush()
+    return dupe, keeper
+
+
+def _first_merge(session: Session) -> None:
+    """A merge that starts the session's index of loaded objects."""
+    a, b = _merge_pair(session)
+    merge_into(a, b)
+
+
+def test_object_loaded_after_the_first_merge_is_synced(session: Session) -> None:
+    dupe, keeper = _merge_pair(session)
+    session.add(Order(customer=dupe, note="later"))
+    session.flush()
+    session.expunge_all()
+    _first_merge(session)
+    order = session.scalars(select(Order).where(Order.note == "later")).one()  # loaded
+    dupe, keeper = session.get(Customer, dupe.id), session.get(Customer, keeper.id)
+    merge_into(dupe, keeper)
+    assert order.customer_id == keeper.id and order.customer is keeper
+
+
+def test_object_flushed_after_the_first_merge_is_synced(session: Session) -> None:
+    _first_merge(session)
+    dupe, keeper = _merge_pair(session)
+    order = Order(customer=dupe, note="new")
+    session.add(order)
+    session.flush()  # pending to persistent
+    merge_into(dupe, keeper)
+    assert order.customer_id == keeper.id and order.customer is keeper
+
+
+def test_object_attached_after_the_first_merge_is_synced(session: Session) -> None:
+    dupe, keeper = _merge_pair(session)
+    order = Order(customer_id=dupe.id, note="detached")
+    session.add(order)
+    session.flush()
+    session.expunge(order)
+    _first_merge(session)
+    session.add(order)  # detached to persistent
+    merge_into(dupe, keeper)
+    assert order.customer_id == keeper.id
+
+
+def test_object_restored_by_a_rollback_after_the_first_merge_is_synced(session: Session) -> None:
+    dupe, keeper = _merge_pair(session)
+    order = Order(customer_id=dupe.id, note="restored")
+    session.add(order)
+    session.flush()
+    nested = session.begin_nested()
+    session.delete(order)
+    session.flush()
+    _first_merge(session)  # the order is not in the identity map now
+    nested.rollback()  # deleted to persistent
+    assert inspect(order).persistent
+    merge_into(dupe, keeper)
+    assert order.customer_id == keeper.id
+
+
+def test_objects_loaded_again_after_expunge_all_are_synced(session: Session) -> None:
+    dupe, keeper = _merge_pair(session)
+    session.add_all([Order(customer=dupe, note=f"o{i}") for i in range(3)])
+    session.flush()
+    dupe_id, keeper_id = dupe.id, keeper.id
+    for _ in range(3):  # the index forgets what left and follows what comes back
+        _first_merge(session)
+        session.expunge_all()
+        orders = session.scalars(select(Order).where(Order.note.like("o%"))).all()
+        dupe, keeper = session.get(Customer, dupe_id), session.get(Customer, keeper_id)
+        merge_into(dupe, keeper)
+        assert {o.customer_id for o in orders} == {keeper_id}
+        dupe_id, keeper_id = keeper_id, _merge_pair(session)[1].id
+        session.flush()
+
+
+def test_source_collections_stay_unloaded_unless_deleted(session: Session) -> None:
+    """Nothing is written into the unloaded collections of a source that stays (memory)."""
+    dupe, keeper = _merge_pair(session)
+    session.add(Order(customer=dupe, note="o"))
+    session.flush()
+    session.expire(dupe, ["orders"])
+    merge_into(dupe, keeper)
+    assert "orders" not in inspect(dupe).dict
+    assert dupe.orders == []  # loads: nothing is left on the source
+
+
+def test_deleted_source_needs_no_select_for_its_children(session: Session, statements: Any) -> None:
+    """Its collections are known empty once merged: deleting it reads no children."""
+    counts = []
+    for delete in (False, True):
+        dupe, keeper = _merge_pair(session)
+        session.add(Order(customer=dupe, note="o"))
+        session.flush()
+        session.expire(dupe)
+        with statements() as log:
+            merge_into(dupe, keeper, delete=delete)
+        counts.append(log.count("SELECT"))
+    assert counts[1] == counts[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -189,3 +190,34 @@ def test_row_dependents(
     assert by_key["customer_group(customer_id)"].count() == 1
     assert deps.count() == 3
     assert len(list(deps)) == 3
+
+
+def test_merge_many_reads_keys_not_rows(
+    connection: Connection, tables: dict[str, Table], people: list[int], statements: Any
+) -> None:
+    """Every key refers to group's primary key: the pairs give the values.  The rows are
+    only checked to exist, by the lock (one SELECT ... FOR UPDATE) or, on SQLite, which
+    takes no row locks, by one SELECT of the keys."""
+    group, members = tables["group"], tables["customer_group"]
+    ids = [
+        connection.execute(group.insert().values(name=f"g{i}")).inserted_primary_key[0]
+        for i in range(3)
+    ]
+    connection.execute(
+        members.insert(), [{"customer_id": people[i], "group_id": ids[i]} for i in range(3)]
+    )
+    pairs = [(ids[0], ids[2]), (ids[1], ids[2])]
+    with statements() as log:
+        report = merge_many(connection, group, pairs)
+    reads = [s for s in log.sql if re.match(r"SELECT\s.*\sFROM\s[`\"]group[`\"]\s", s, re.S)]
+    assert len(reads) == 1
+    if connection.dialect.name != "sqlite":
+        assert "FOR UPDATE" in reads[0]
+    assert report.rowcount == 2
+    moved = select(members.c.group_id).where(members.c.group_id.in_(ids))
+    assert list(connection.execute(moved).scalars()) == [ids[2]] * 3
+    before = connection.execute(select(members)).all()
+    for missing in ([(10**9, ids[2])], [(ids[2], 10**9)]):
+        with pytest.raises(ReferencesError, match="not found"):
+            merge_many(connection, group, missing)
+    assert connection.execute(select(members)).all() == before
