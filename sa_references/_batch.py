@@ -146,7 +146,11 @@ class _TemporaryTables:
             self.connection.execute(table.insert(), rows)
         return table
 
-    def mapping(self, columns: Sequence[AnyColumn], pairs: Mapping[Values, Values]) -> Table:
+    def mapping(self, columns: Sequence[AnyColumn], pairs: Mapping[Values, Values]) -> Any:
+        """The pairs as rows ``(src_0.., tgt_0..)``: a temporary table or, on PostgreSQL
+        with integer or string columns, ``unnest()`` of one array per column (no table)."""
+        if self.connection.dialect.name == "postgresql" and sql.arrays_fit(columns):
+            return sql.unnest_mapping(columns, pairs)
         names = [(f"src_{i}", c) for i, c in enumerate(columns)]
         names += [(f"tgt_{i}", c) for i, c in enumerate(columns)]
         rows = [

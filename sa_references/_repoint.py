@@ -154,7 +154,8 @@ def lock_rows(bind: Bind, table: Any, identities: Sequence[Values]) -> set[Value
         return set()
     wanted = set(identities)
     found: set[Values] = set()
-    for statement in sql.lock_rows(table, list(wanted)):
+    arrays = dialect_of(bind).name == "postgresql"
+    for statement in sql.lock_rows(table, list(wanted), arrays=arrays):
         found.update(tuple(row) for row in bind.execute(statement))
     return wanted - found
 

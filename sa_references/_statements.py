@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Delete,
     Select,
     Update,
     and_,
+    any_,
     bindparam,
     case,
     delete,
@@ -25,6 +27,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import column as sql_column
 
 from ._keys import AnyColumn, ReferencingKey, UniqueKey
 
@@ -176,6 +179,33 @@ def nullify(key: ReferencingKey, holder: Values, source: Values) -> Update:
 # already-assigned columns.
 
 
+def arrays_fit(columns: Sequence[AnyColumn]) -> bool:
+    """Whether values of ``columns`` travel as plain PostgreSQL arrays (integers, strings)."""
+    for column in columns:
+        try:
+            python_type = column.type.python_type
+        except NotImplementedError:
+            return False
+        if python_type not in (int, str):
+            return False
+    return True
+
+
+def unnest_mapping(columns: Sequence[AnyColumn], pairs: Mapping[Values, Values]) -> Any:
+    """PostgreSQL: ``unnest(:src_0, .., :tgt_0, ..) AS map(src_0, .., tgt_0, ..)``.
+
+    One array parameter per column, whatever the number of pairs: no table to
+    create, fill and drop, and no bound-parameter limit.
+    """
+    arrays, names = [], []
+    for side, index in (("src", 0), ("tgt", 1)):
+        for i, column in enumerate(columns):
+            values = [p[index][i] for p in pairs.items()]
+            arrays.append(bindparam(f"map_{side}_{i}", values, type_=ARRAY(column.type)))
+            names.append(sql_column(f"{side}_{i}", column.type))
+    return func.unnest(*arrays).table_valued(*names).render_derived(name="sa_references_map")
+
+
 def _joined(key: ReferencingKey, mapping: Any) -> ColumnElement[bool]:
     return and_(*(c == mapping.c[f"src_{i}"] for i, c in enumerate(key.columns)))
 
@@ -315,12 +345,23 @@ def nullify_identities(key: ReferencingKey, rows: Sequence[Values]) -> Iterator[
 LOCK_CHUNK = 1000
 
 
-def lock_rows(table: Any, identities: Sequence[Values]) -> Iterator[Select[Any]]:
-    """``SELECT pk ... ORDER BY pk FOR UPDATE`` over ``identities``, in primary key order."""
+def lock_rows(
+    table: Any, identities: Sequence[Values], *, arrays: bool = False
+) -> Iterator[Select[Any]]:
+    """``SELECT pk ... ORDER BY pk FOR UPDATE`` over ``identities``, in primary key order.
+
+    ``arrays`` (PostgreSQL): a single-column key is matched with ``= ANY(:array)``,
+    one statement whatever the number of rows, instead of chunks of ``IN``.
+    """
     pk = list(table.primary_key.columns)
     try:
         ordered = sorted(set(identities))
     except TypeError:  # values of mixed types: any fixed total order will do
         ordered = sorted(set(identities), key=repr)
+    if arrays and len(pk) == 1:
+        (column,) = pk
+        values = bindparam("lock_ids", [v for (v,) in ordered], type_=ARRAY(column.type))
+        yield select(column).where(column == any_(values)).order_by(column).with_for_update()
+        return
     for chunk in chunks(ordered, LOCK_CHUNK):
         yield select(*pk).where(_identity_in(pk, chunk)).order_by(*pk).with_for_update()
