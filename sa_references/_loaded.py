@@ -5,13 +5,15 @@ can hold a referencing key.  Scanning the whole identity map for them on every
 merge made a loop of single merges quadratic (20,000 loaded customers, 10,000
 merges: 200 million identity keys looked at, none of them relevant).
 
-The index is built once per Session by one scan and then kept up to date by
-the session's object lifecycle events, which cover every way into the identity
-map: ``loaded_as_persistent``, ``pending_to_persistent``,
-``detached_to_persistent`` and ``deleted_to_persistent``.  It holds states
-weakly and is only ever a superset: a state that left the session is filtered
-out when read (``identity_map.contains_state``), and the index is rebuilt when
-such leftovers outnumber the objects actually loaded.
+The index is built once per Session by one scan and then kept up to date by the
+session's object lifecycle events: ``loaded_as_persistent``,
+``pending_to_persistent``, ``detached_to_persistent`` and
+``deleted_to_persistent`` into the identity map, ``persistent_to_detached``,
+``persistent_to_deleted`` and ``persistent_to_transient`` out of it, and a weak
+reference per object for those the garbage collector takes.  It counts what it
+holds: when the count and the identity map's size disagree, something entered
+unseen (rows of a query executed before the index existed, whose loader does
+not look for listeners again) and the index is built afresh.
 """
 
 from __future__ import annotations
@@ -31,56 +33,82 @@ ENTERING_EVENTS = (
     "detached_to_persistent",
     "deleted_to_persistent",
 )
+#: ... and those through which it leaves (the garbage collector aside)
+LEAVING_EVENTS = ("persistent_to_detached", "persistent_to_deleted", "persistent_to_transient")
+
+_Ref = weakref.ReferenceType[Any]
 
 
 class LoadedObjects:
-    """The states of one session's identity map, by identity class (``identity_key[0]``)."""
+    """Weak references to the objects of one session's identity map, by identity class."""
 
     def __init__(self, session: Session) -> None:
-        self._by_class: dict[type, weakref.WeakSet[InstanceState[Any]]] = {}
+        #: identity class -> id(state) -> weak reference to the object
+        self._by_class: dict[type, dict[int, _Ref]] = {}
+        #: id(state) -> identity class, for every object counted
+        self._class_of: dict[int, type] = {}
         self.rebuild(session)
         for name in ENTERING_EVENTS:
             event.listen(session, name, self._entered)
+        for name in LEAVING_EVENTS:
+            event.listen(session, name, self._left)
 
     def rebuild(self, session: Session) -> None:
         self._by_class = {}
+        self._class_of = {}
         for state in session.identity_map.all_states():
             self._add(state)
 
     def _add(self, state: InstanceState[Any]) -> None:
-        key = state.key
-        if key is not None:
-            states = self._by_class.get(key[0])
-            if states is None:
-                states = self._by_class[key[0]] = weakref.WeakSet()
-            states.add(state)
+        key, obj = state.key, state.obj()
+        if key is None or obj is None or id(state) in self._class_of:
+            return
+        state_id, cls = id(state), key[0]
+
+        def collected(ref: _Ref) -> None:
+            refs = self._by_class.get(cls)
+            if refs is not None and refs.get(state_id) is ref:
+                del refs[state_id]
+                del self._class_of[state_id]
+
+        self._by_class.setdefault(cls, {})[state_id] = weakref.ref(obj, collected)
+        self._class_of[state_id] = cls
+
+    def _remove(self, state: InstanceState[Any]) -> None:
+        cls = self._class_of.pop(id(state), None)
+        if cls is not None:
+            del self._by_class[cls][id(state)]
 
     def _entered(self, session: Session, obj: object) -> None:
         self._add(instance_state(obj))
 
+    def _left(self, session: Session, obj: object) -> None:
+        self._remove(instance_state(obj))
+
     def states(self, session: Session, classes: Iterable[type]) -> list[InstanceState[Any]]:
         """The states of ``classes`` now in ``session``'s identity map."""
         identity_map = session.identity_map
-        if sum(len(s) for s in self._by_class.values()) > 2 * len(identity_map) + 1024:
-            self.rebuild(session)  # mostly states that left the session: start afresh
+        if len(self._class_of) != len(identity_map):
+            self.rebuild(session)  # something entered (or left) unseen
         found = []
         for cls in classes:
-            states = self._by_class.get(cls)
-            if states:
-                found += [s for s in list(states) if identity_map.contains_state(s)]
+            for ref in list(self._by_class.get(cls, {}).values()):
+                obj = ref()
+                if obj is not None:
+                    state = instance_state(obj)
+                    if identity_map.contains_state(state):
+                        found.append(state)
         return found
-
-
-_loaded: weakref.WeakKeyDictionary[Session, LoadedObjects] = weakref.WeakKeyDictionary()
 
 
 def loaded_states(session: Session, classes: Iterable[type]) -> list[InstanceState[Any]]:
     """The states of ``classes`` (identity classes) in ``session``'s identity map.
 
     The first call for a session scans its identity map and starts following its
-    lifecycle events; later calls only look at the states of ``classes``.
+    lifecycle events; later calls only look at the objects of ``classes``.
     """
-    index = _loaded.get(session)
+    index: LoadedObjects | None = getattr(session, "_sa_references_loaded", None)
     if index is None:
-        index = _loaded[session] = LoadedObjects(session)
+        index = LoadedObjects(session)
+        session._sa_references_loaded = index  # type: ignore[attr-defined]
     return index.states(session, classes)

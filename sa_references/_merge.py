@@ -214,8 +214,6 @@ def merge_into(
         attributes.instance_state(target),
     )
     source_mapper, target_mapper = source_state.mapper, target_state.mapper
-    # Core statements on the session's connection: the ORM's execute() adds nothing to them
-    bind = session.connection(bind_arguments={"mapper": source_mapper})
     graph = graph_of(source_mapper)
     held_by_target = set(graph.keys_held_by(target_mapper))
     report = MergeReport(source, target, dry_run=dry_run)
@@ -223,7 +221,10 @@ def merge_into(
     removed: list[object] = []
     try:
         # reads too: a failed read leaves the session usable; a dry run is rolled back
-        with repoint.savepoint(session, rollback=dry_run):
+        with repoint.savepoint(session, rollback=dry_run, mapper=source_mapper):
+            # Core statements on the session's connection for the source's class (the
+            # savepoint's): the ORM's execute() adds nothing to them
+            bind = repoint.connection_of(session, source_mapper)
             lock_objects(bind, [source, target])
             plans = repoint.plan(
                 bind,

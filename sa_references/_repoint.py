@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 from sqlalchemy import Connection
 from sqlalchemy.engine import CursorResult, Dialect, NestedTransaction
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from . import _statements as sql
 from ._errors import MergeConflictError, ReferencesError
@@ -59,8 +59,11 @@ def check_bind(bind: object) -> None:
         )
 
 
-def connection_of(bind: Bind) -> Connection:
-    return bind.connection() if isinstance(bind, Session) else bind
+def connection_of(bind: Bind, mapper: Mapper[Any] | None = None) -> Connection:
+    """The connection ``bind`` runs on; for a Session, the one it binds ``mapper`` to."""
+    if isinstance(bind, Session):
+        return bind.connection(bind_arguments={"mapper": mapper} if mapper is not None else None)
+    return bind
 
 
 def dialect_of(bind: Bind) -> Dialect:
@@ -68,7 +71,9 @@ def dialect_of(bind: Bind) -> Dialect:
 
 
 @contextlib.contextmanager
-def savepoint(bind: Bind, *, rollback: bool = False) -> Iterator[None]:
+def savepoint(
+    bind: Bind, *, rollback: bool = False, mapper: Mapper[Any] | None = None
+) -> Iterator[None]:
     """A SAVEPOINT that a later rollback of the enclosing transaction still undoes.
 
     pysqlite starts no transaction before a SAVEPOINT, so releasing it would
@@ -81,8 +86,11 @@ def savepoint(bind: Bind, *, rollback: bool = False) -> Iterator[None]:
     inactive so that its rollback emits nothing: the ROLLBACK TO SAVEPOINT is
     then sent here, or the merge's writes would stay in the caller's
     transaction (left aborted, on PostgreSQL).
+
+    ``mapper``: for a Session, the SAVEPOINT is opened on the connection the
+    session binds ``mapper`` to (a session may bind classes to several engines).
     """
-    connection = connection_of(bind)
+    connection = connection_of(bind, mapper)
     if connection.dialect.name == "sqlite":
         driver_connection = connection.connection.driver_connection
         if getattr(driver_connection, "in_transaction", True) is False:
@@ -91,7 +99,7 @@ def savepoint(bind: Bind, *, rollback: bool = False) -> Iterator[None]:
     opened: NestedTransaction | None = None
     try:
         # a Session sends its SAVEPOINT on first use: asking for its connection does
-        opened = connection_of(bind).get_nested_transaction()
+        opened = connection_of(bind, mapper).get_nested_transaction()
         yield
     except BaseException:
         _undo(connection, nested, opened)

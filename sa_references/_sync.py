@@ -122,6 +122,16 @@ _classes_touched: weakref.WeakKeyDictionary[ReferencingKey, frozenset[type]] = (
 )
 
 
+def identity_classes(mappers: Iterable[Mapper[Any]]) -> frozenset[type]:
+    """The classes identity keys of ``mappers``' objects can name.
+
+    ``identity_key[0]`` is the base mapper's class, a concrete mapper's own class,
+    or that of an intermediate mapper without a polymorphic identity: any class on
+    the way to the root will do.
+    """
+    return frozenset(m.class_ for mapper in mappers for m in mapper.iterate_to_root())
+
+
 def relationships(mapper: Mapper[Any], key: ReferencingKey) -> _Relationships:
     """The relationships of ``mapper`` that follow ``key`` (cached with the key)."""
     by_mapper = _relationship_cache.setdefault(key, {})
@@ -444,10 +454,7 @@ class _Synchronizer:
         if found is None:
             mappers = set(self.graph.mappers_by_table.get(key.table, ()))
             mappers.update(m for m in self.graph.mappers if relationships(m, key).secondary_item)
-            # identity keys name the base mapper's class (a concrete mapper's own class)
-            found = _classes_touched[key] = frozenset(
-                cls for m in mappers for cls in (m.class_, m.base_mapper.class_)
-            )
+            found = _classes_touched[key] = identity_classes(mappers)
         return found
 
     def run(self) -> SyncResult:
@@ -512,24 +519,40 @@ class _Synchronizer:
         self, key: ReferencingKey, values: Values
     ) -> list[tuple[InstanceState[Any], Relationship]]:
         """The loaded one-to-many collections of ``key`` on the objects ``values`` refers to."""
+        parents: dict[int, InstanceState[Any]] = {}
+        scanned = []
+        for mapper in self.graph.mappers_by_table.get(key.referred_table, ()):
+            if not relationships(mapper, key).one_to_many:
+                continue
+            primary_key = list(mapper.primary_key)
+            if set(primary_key) == set(key.referred_columns):  # found by identity, no scan
+                ident = tuple(values[key.referred_columns.index(c)] for c in primary_key)
+                obj = self.session.identity_map.get(mapper.identity_key_from_primary_key(ident))
+                if obj is not None:
+                    parents[id(obj)] = instance_state(obj)
+            else:
+                scanned.append(mapper)
+        if scanned:
+            for state in self.loaded_by_values(key, scanned).get(values, ()):
+                parents[id(state)] = state
+        return [
+            (parent, rel)
+            for parent in parents.values()
+            for rel in relationships(parent.mapper, key).one_to_many
+        ]
+
+    def loaded_by_values(
+        self, key: ReferencingKey, mappers: list[Mapper[Any]]
+    ) -> dict[Values, list[InstanceState[Any]]]:
+        """The loaded objects of ``mappers`` by their values of ``key``'s referred columns."""
         index = self._parents_by_values.get(key)
         if index is None:
             index = self._parents_by_values[key] = {}
-            mappers = [
-                m
-                for m in self.graph.mappers_by_table.get(key.referred_table, ())
-                if relationships(m, key).one_to_many
-            ]
-            classes = {cls for m in mappers for cls in (m.class_, m.base_mapper.class_)}
-            for state in loaded_states(self.session, classes) if mappers else ():
+            for state in loaded_states(self.session, identity_classes(mappers)):
                 found = column_values(state, key.referred_columns)
                 if found is not None:
                     index.setdefault(found, []).append(state)
-        return [
-            (parent, rel)
-            for parent in index.get(values, ())
-            for rel in relationships(parent.mapper, key).one_to_many
-        ]
+        return index
 
     def drop_member(self, parent: InstanceState[Any], rel: Relationship, member: object) -> None:
         if rel.key not in parent.dict or rel.key in parent.committed_state:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from sa_references import MergeConflictError, ReferencesError, referencing_keys
 from tests.models import (
     Approval,
+    Base,
     Car,
     Coupon,
     Customer,
@@ -505,3 +506,28 @@ def test_detached_expired_object_is_a_references_error(
     session.expunge(shop["dupe"])
     with pytest.raises(ReferencesError, match=r"source detached Customer \(\d+,\) is not attached"):
         shop["dupe"].merge_into(shop["keeper"])
+
+
+def test_session_binding_the_classes_to_another_engine(db: Any) -> None:
+    """The SAVEPOINT opens on the connection the session binds the merged class to, not on
+    its default bind: a dry run (and a failing merge) leaves nothing there."""
+    other = create_engine("sqlite://")
+    on_other: list[str] = []
+    event.listen(other, "before_cursor_execute", lambda *args: on_other.append(args[2]))
+    with db.engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            with Session(bind=other, binds={Base: connection}) as session:
+                dupe, keeper = Customer(name="dupe"), Customer(name="keeper")
+                session.add_all([dupe, keeper, Order(customer=dupe), Order(customer=dupe)])
+                session.flush()
+                report = dupe.merge_into(keeper, dry_run=True)
+                assert report.rowcount == 2
+                counted = select(func.count()).where(Order.customer_id == dupe.id)
+                assert connection.execute(counted).scalar_one() == 2
+                assert dupe.merge_into(keeper).rowcount == 2
+                assert connection.execute(counted).scalar_one() == 0
+                assert on_other == []  # nothing ran on the default bind
+        finally:
+            transaction.rollback()
+            other.dispose()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ForeignKey, MetaData, String, inspect, select, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sa_references import merge_into
 from tests.models import Customer, Group, Order, Profile, Review, customer_group
@@ -410,3 +411,89 @@ def test_deleted_source_needs_no_select_for_its_children(session: Session, state
             merge_into(dupe, keeper, delete=delete)
         counts.append(log.count("SELECT"))
     assert counts[1] == counts[0]
+
+
+# PyMySQL streams yield_per results on an unbuffered cursor, which a merge's statements
+# would discard: the case cannot arise on MariaDB/MySQL
+@pytest.mark.backends("sqlite", "sqlite-nofk", "postgresql")
+def test_rows_of_a_result_opened_before_the_first_merge_are_synced(session: Session) -> None:
+    """A query's loader decides once, when it runs, whether to fire loaded_as_persistent:
+    the objects a result streams after the session's first merge come without the event
+    (results without yield_per are read whole before the query returns)."""
+    dupe, keeper = _merge_pair(session)
+    session.add_all([Order(customer=dupe, note=f"stream{i}") for i in range(6)])
+    session.flush()
+    dupe_id, keeper_id = dupe.id, keeper.id
+    session.expunge_all()
+    query = select(Order).where(Order.note.like("stream%")).order_by(Order.id)
+    result = session.scalars(query.execution_options(yield_per=2))
+    first = next(result)
+    _first_merge(session)  # the session starts following its loads here
+    rest = list(result)  # loaded without the event
+    assert len(rest) == 5
+    merge_into(session.get(Customer, dupe_id), session.get(Customer, keeper_id))
+    assert {o.customer_id for o in [first, *rest]} == {keeper_id}
+
+
+def test_objects_collected_or_expunged_leave_the_index(session: Session) -> None:
+    """The index counts what it holds; objects that left are forgotten (by their events or
+    the garbage collector), so no rebuild is needed and new ones are still seen."""
+    dupe, keeper = _merge_pair(session)
+    session.add_all([Order(customer=dupe, note=f"gone{i}") for i in range(4)])
+    session.flush()
+    _first_merge(session)
+    index = session._sa_references_loaded  # type: ignore[attr-defined]
+    assert len(index._class_of) == len(session.identity_map)
+    orders = session.scalars(select(Order).where(Order.note.like("gone%"))).all()
+    session.expunge(orders[0])
+    del orders
+    gc.collect()
+    assert len(index._class_of) == len(session.identity_map)
+    later = Order(customer=dupe, note="later")
+    session.add(later)
+    session.flush()
+    merge_into(dupe, keeper)
+    assert later.customer_id == keeper.id
+
+
+def test_identity_class_of_an_abstract_intermediate_mapper(db: Any) -> None:
+    """Below a polymorphic_abstract mapper, identity keys name the abstract class (neither the
+    mapper's own class nor the base's): loaded objects are still found and synced."""
+
+    class Base(DeclarativeBase):
+        metadata = MetaData()
+
+    class Account(Base):
+        __tablename__ = "abstract_account"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Party(Base):
+        __tablename__ = "abstract_party"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(String(20))
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "party"}
+
+    class Org(Party):
+        __mapper_args__ = {"polymorphic_abstract": True}
+
+    class Company(Org):
+        __tablename__ = "abstract_company"
+        id: Mapped[int] = mapped_column(ForeignKey("abstract_party.id"), primary_key=True)
+        account_id: Mapped[int] = mapped_column(ForeignKey("abstract_account.id"))
+        __mapper_args__ = {"polymorphic_identity": "company"}
+
+    Base.metadata.create_all(db.engine)
+    try:
+        with Session(db.engine) as session:
+            dupe, keeper = Account(id=1), Account(id=2)
+            company = Company(id=10, account_id=1)
+            session.add_all([dupe, keeper, company])
+            session.flush()
+            assert inspect(company).key[0] is Org
+            merge_into(dupe, keeper)
+            assert "account_id" in inspect(company).dict  # updated, not expired
+            assert company.account_id == 2
+            session.rollback()
+    finally:
+        Base.metadata.drop_all(db.engine)
+        Base.registry.dispose()
