@@ -19,7 +19,7 @@ not look for listeners again) and the index is built afresh.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import event
@@ -36,7 +36,25 @@ ENTERING_EVENTS = (
 #: ... and those through which it leaves (the garbage collector aside)
 LEAVING_EVENTS = ("persistent_to_detached", "persistent_to_deleted", "persistent_to_transient")
 
-_Ref = weakref.ReferenceType[Any]
+
+class _Ref(weakref.ReferenceType[Any]):
+    """A weak reference to a loaded object that knows which entry of the index it is."""
+
+    __slots__ = ("cls", "state_id")
+    cls: type
+    state_id: int
+
+    def __new__(
+        cls, obj: object, callback: Callable[[_Ref], None], identity_class: type, state_id: int
+    ) -> _Ref:
+        ref = super().__new__(cls, obj, callback)
+        ref.cls, ref.state_id = identity_class, state_id
+        return ref
+
+    def __init__(
+        self, obj: object, callback: Callable[[_Ref], None], identity_class: type, state_id: int
+    ) -> None:
+        super().__init__(obj, callback)  # type: ignore[call-arg]
 
 
 class LoadedObjects:
@@ -64,15 +82,17 @@ class LoadedObjects:
         if key is None or obj is None or id(state) in self._class_of:
             return
         state_id, cls = id(state), key[0]
-
-        def collected(ref: _Ref) -> None:
-            refs = self._by_class.get(cls)
-            if refs is not None and refs.get(state_id) is ref:
-                del refs[state_id]
-                del self._class_of[state_id]
-
-        self._by_class.setdefault(cls, {})[state_id] = weakref.ref(obj, collected)
+        refs = self._by_class.get(cls)
+        if refs is None:
+            refs = self._by_class[cls] = {}
+        refs[state_id] = _Ref(obj, self._collected, cls, state_id)
         self._class_of[state_id] = cls
+
+    def _collected(self, ref: _Ref) -> None:
+        refs = self._by_class.get(ref.cls)
+        if refs is not None and refs.get(ref.state_id) is ref:
+            del refs[ref.state_id]
+            del self._class_of[ref.state_id]
 
     def _remove(self, state: InstanceState[Any]) -> None:
         cls = self._class_of.pop(id(state), None)
