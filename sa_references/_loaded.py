@@ -66,10 +66,10 @@ class LoadedObjects:
         #: id(state) -> identity class, for every object counted
         self._class_of: dict[int, type] = {}
         self.rebuild(session)
-        for name in ENTERING_EVENTS:
-            event.listen(session, name, self._entered)
+        for name in ENTERING_EVENTS:  # raw: the states themselves
+            event.listen(session, name, self._entered, raw=True)
         for name in LEAVING_EVENTS:
-            event.listen(session, name, self._left)
+            event.listen(session, name, self._left, raw=True)
 
     def rebuild(self, session: Session) -> None:
         self._by_class = {}
@@ -99,11 +99,11 @@ class LoadedObjects:
         if cls is not None:
             del self._by_class[cls][id(state)]
 
-    def _entered(self, session: Session, obj: object) -> None:
-        self._add(instance_state(obj))
+    def _entered(self, session: Session, state: InstanceState[Any]) -> None:
+        self._add(state)
 
-    def _left(self, session: Session, obj: object) -> None:
-        self._remove(instance_state(obj))
+    def _left(self, session: Session, state: InstanceState[Any]) -> None:
+        self._remove(state)
 
     def states(self, session: Session, classes: Iterable[type]) -> list[InstanceState[Any]]:
         """The states of ``classes`` now in ``session``'s identity map."""
