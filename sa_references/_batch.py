@@ -33,7 +33,6 @@ from ._repoint import (
     check_options,
     connection_of,
     current_read,
-    dialect_of,
     execute,
     lock_rows,
     rowcount,
@@ -463,18 +462,18 @@ def _referred_values(
     table: Table,
     keys: Sequence[ReferencingKey],
     identities: set[Values],
-    missing: set[Values],
+    missing: set[Values] | None,
 ) -> Callable[[Values, tuple[AnyColumn, ...]], Values]:
     """How to read a merged row's referred values; raises for rows that do not exist.
 
-    ``missing``: the rows the locks did not find.  When every key refers to
-    primary key columns, the values come from the keys themselves, and rows
-    are only read where no lock said which exist (SQLite).
+    ``missing``: the rows the locks did not find (None: no lock looked, on
+    SQLite).  When every key refers to primary key columns, the values come
+    from the keys themselves, and rows are only read where no lock looked.
     """
     pk = list(table.primary_key.columns)
     position = {c: i for i, c in enumerate(pk)}
     wanted = [c for key in keys for c in key.referred_columns if c not in position]
-    if not wanted and dialect_of(bind).name != "sqlite":
+    if not wanted and missing is not None:
         _refuse_missing(table, missing)
         return lambda k, columns: tuple(k[position[c]] for c in columns)
     rows = _fetch_rows(bind, table, identities, list(dict.fromkeys(wanted)))

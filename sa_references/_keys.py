@@ -38,6 +38,15 @@ _ORDERING = (operators.asc_op, operators.desc_op)
 _versions: weakref.WeakKeyDictionary[MetaData, int] = weakref.WeakKeyDictionary()
 
 
+def python_type_of(column: AnyColumn) -> type | None:
+    """The Python type of ``column``'s values, or None when its type does not say."""
+    try:
+        python_type: type = column.type.python_type
+    except NotImplementedError:
+        return None
+    return python_type
+
+
 def _changed(metadata: Any) -> None:
     if isinstance(metadata, MetaData):
         _versions[metadata] = _versions.get(metadata, 0) + 1

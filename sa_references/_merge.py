@@ -14,7 +14,7 @@ from sqlalchemy.orm.exc import UnmappedClassError, UnmappedColumnError
 from . import _repoint as repoint
 from . import _statements as sql
 from ._errors import ReferencesError
-from ._keys import AnyColumn, ReferenceGraph, reference_graph
+from ._keys import AnyColumn, ReferenceGraph, python_type_of, reference_graph
 from ._repoint import Bind, OnConflict, OnSelfReference, check_options
 from ._report import MergeReport
 from ._sync import SynchronizeMode, synchronize
@@ -285,7 +285,7 @@ def key_normaliser(table: Table) -> Callable[[Any], Values]:
     if not columns:
         raise ReferencesError(f"table {table.fullname} has no primary key")
     names = ", ".join(c.name for c in columns)
-    types = [_python_type(c) for c in columns]
+    types = [python_type_of(c) for c in columns]
 
     def normalise(key: Any) -> Values:
         if isinstance(key, Mapping):
@@ -305,14 +305,6 @@ def key_normaliser(table: Table) -> Callable[[Any], Values]:
         return values
 
     return normalise
-
-
-def _python_type(column: AnyColumn) -> type | None:
-    try:
-        python_type: type = column.type.python_type
-    except NotImplementedError:
-        return None
-    return python_type
 
 
 def _check_key_value(table: Table, column: AnyColumn, python_type: type | None, value: Any) -> None:

@@ -149,20 +149,22 @@ def execute(bind: Bind, statement: Any, key: ReferencingKey, what: str, params: 
         raise
 
 
-def lock_rows(bind: Bind, table: Any, identities: Sequence[Values]) -> set[Values]:
+def lock_rows(bind: Bind, table: Any, identities: Sequence[Values]) -> set[Values] | None:
     """Lock the rows being merged, in primary key order, until the transaction ends.
 
     Concurrent merges of overlapping rows then queue behind each other instead
     of interleaving (and deadlock less: every merge locks in the same order),
     and a concurrent INSERT that references a source waits for the merge to
     commit.  Returns the identities no row has (any more): the caller refuses
-    them.  SQLite locks the whole database and needs nothing here.
+    them.  SQLite locks the whole database and needs nothing here: None, no
+    row was looked at.
     """
-    if dialect_of(bind).name == "sqlite":
-        return set()
+    dialect = dialect_of(bind).name
+    if dialect == "sqlite":
+        return None
     wanted = set(identities)
     found: set[Values] = set()
-    arrays = dialect_of(bind).name == "postgresql"
+    arrays = dialect == "postgresql"
     for statement in sql.lock_rows(table, list(wanted), arrays=arrays):
         found.update(tuple(row) for row in bind.execute(statement))
     return wanted - found

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import column as sql_column
 
-from ._keys import AnyColumn, ReferencingKey, UniqueKey
+from ._keys import AnyColumn, ReferencingKey, UniqueKey, python_type_of
 
 Values = tuple[Any, ...]
 T = TypeVar("T")
@@ -181,14 +181,7 @@ def nullify(key: ReferencingKey, holder: Values, source: Values) -> Update:
 
 def arrays_fit(columns: Sequence[AnyColumn]) -> bool:
     """Whether values of ``columns`` travel as plain PostgreSQL arrays (integers, strings)."""
-    for column in columns:
-        try:
-            python_type = column.type.python_type
-        except NotImplementedError:
-            return False
-        if python_type not in (int, str):
-            return False
-    return True
+    return all(python_type_of(c) in (int, str) for c in columns)
 
 
 def unnest_mapping(columns: Sequence[AnyColumn], pairs: Mapping[Values, Values]) -> Any:
