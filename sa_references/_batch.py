@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from . import _statements as sql
 from ._errors import MergeConflictError, ReferencesError
-from ._keys import AnyColumn, ReferencingKey, reference_graph
+from ._keys import AnyColumn, ReferencingKey, python_type_of, reference_graph
 from ._merge import key_normaliser
 from ._repoint import (
     Bind,
@@ -59,40 +59,53 @@ class Chains(Generic[T]):
         self.describe = describe
         #: source -> final target
         self.target_of: dict[T, T] = {}
-        self._sources_of: dict[T, set[T]] = {}
+        #: final target -> its sources: one source as itself (the usual case, no set)
+        self._sources_of: dict[T, T | set[T]] = {}
 
-    def add(self, source: T, target: T) -> set[T]:
-        """Add ``source -> target``; returns the sources whose final target changed."""
-        describe = self.describe
+    def add(self, source: T, target: T) -> bool:
+        """Add ``source -> target``; False when that exact pair was already added."""
         if source == target:
-            raise ReferencesError(f"cannot merge {describe(source)} into itself")
-        final = self.target_of.get(target, target)
+            raise ReferencesError(f"cannot merge {self.describe(source)} into itself")
+        target_of = self.target_of
+        final = target_of.get(target, target)
         if final == source:
+            describe = self.describe
             raise ReferencesError(
                 f"merging {describe(source)} into {describe(target)} would close a cycle "
                 f"({describe(target)} is already merged into {describe(source)})"
             )
-        previous = self.target_of.get(source)
+        previous = target_of.get(source)
         if previous is not None:
             if previous != final:
                 raise ReferencesError(
-                    f"{describe(source)} is already queued to be merged into {describe(previous)}"
+                    f"{self.describe(source)} is already queued to be merged into "
+                    f"{self.describe(previous)}"
                 )
-            return set()
-        changed = self._sources_of.pop(source, None)
-        if changed is None:
-            changed = {source}
-            self.target_of[source] = final
-        else:
-            changed.add(source)
-            for other in changed:
-                self.target_of[other] = final
-        into = self._sources_of.get(final)
+            return False
+        target_of[source] = final
+        sources_of = self._sources_of
+        earlier = sources_of.pop(source, None)  # merged into this source before
+        into = sources_of.get(final)
+        if earlier is None:
+            if into is None:
+                sources_of[final] = source
+            elif isinstance(into, set):
+                into.add(source)
+            else:
+                sources_of[final] = {into, source}
+            return True
+        moved = earlier if isinstance(earlier, set) else {earlier}
+        for other in moved:
+            target_of[other] = final
+        moved.add(source)
         if into is None:
-            self._sources_of[final] = changed
-            return set(changed)
-        into.update(changed)
-        return changed
+            sources_of[final] = moved
+        elif isinstance(into, set):
+            into.update(moved)
+        else:
+            moved.add(into)
+            sources_of[final] = moved
+        return True
 
 
 def resolve_chains(pairs: Iterable[tuple[T, T]], describe: Callable[[T], str] = repr) -> dict[T, T]:
@@ -128,9 +141,10 @@ class _TemporaryTables:
         self,
         prefix: str,
         columns: Sequence[tuple[str, AnyColumn]],
-        rows: list[dict[str, Any]],
+        rows: Sequence[Values],
         key: Sequence[str],
     ) -> Table:
+        """A temporary table of ``columns`` (name, typed like), filled with ``rows`` (tuples)."""
         name = f"_sa_references_{prefix}_{next(_table_names)}"
         table = Table(
             name,
@@ -142,7 +156,7 @@ class _TemporaryTables:
         table.create(self.connection)
         self.created.append(table)
         if rows:
-            self.connection.execute(table.insert(), rows)
+            _insert_rows(self.connection, table, rows)
         return table
 
     def mapping(self, columns: Sequence[AnyColumn], pairs: Mapping[Values, Values]) -> Any:
@@ -152,16 +166,12 @@ class _TemporaryTables:
             return sql.unnest_mapping(columns, pairs)
         names = [(f"src_{i}", c) for i, c in enumerate(columns)]
         names += [(f"tgt_{i}", c) for i, c in enumerate(columns)]
-        rows = [
-            {**{f"src_{i}": v for i, v in enumerate(s)}, **{f"tgt_{i}": v for i, v in enumerate(t)}}
-            for s, t in pairs.items()
-        ]
+        rows = [s + t for s, t in pairs.items()]
         return self.create("map", names, rows, [f"src_{i}" for i in range(len(columns))])
 
     def identities(self, columns: Sequence[AnyColumn], rows: Iterable[Values]) -> Table:
         names = [(f"id_{i}", c) for i, c in enumerate(columns)]
-        data = [{f"id_{i}": v for i, v in enumerate(r)} for r in rows]
-        return self.create("keep", names, data, [n for n, _ in names])
+        return self.create("keep", names, list(rows), [n for n, _ in names])
 
     def drop(self) -> None:
         temporary = "TEMPORARY " if self.connection.dialect.name == "mysql" else ""
@@ -180,6 +190,37 @@ class _TemporaryTables:
             with contextlib.suppress(DBAPIError):
                 self.drop()
         self.created.clear()
+
+
+def _insert_rows(connection: Connection, table: Table, rows: Sequence[Values]) -> None:
+    """``INSERT`` ``rows`` (tuples in column order) with one ``executemany``.
+
+    When no column's type processes bound values (integers, strings: the usual
+    keys), the compiled statement goes to the driver as is, with the rows as they
+    are: a Core ``executemany`` would build and process a dict per row, several
+    times the cost of the insert itself on SQLite.
+    """
+    dialect = connection.dialect
+    names = [c.key for c in table.columns]
+    raw = all(
+        python_type_of(c) in (int, str)
+        and c.type.dialect_impl(dialect).bind_processor(dialect) is None
+        for c in table.columns
+    )
+    if not raw:
+        connection.execute(table.insert(), [dict(zip(names, row)) for row in rows])
+        return
+    compiled = table.insert().compile(dialect=dialect)
+    if dialect.positional:
+        order = [names.index(n) for n in compiled.positiontup or ()]
+        parameters: list[Any] = (
+            list(rows)
+            if order == list(range(len(names)))
+            else [tuple(row[i] for i in order) for row in rows]
+        )
+    else:
+        parameters = [dict(zip(names, row)) for row in rows]
+    connection.exec_driver_sql(compiled.string, parameters)
 
 
 def _describe_pairs(pairs: Mapping[Values, Values], limit: int = 5) -> str:

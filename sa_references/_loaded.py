@@ -5,7 +5,8 @@ can hold a referencing key.  Scanning the whole identity map for them on every
 merge made a loop of single merges quadratic (20,000 loaded customers, 10,000
 merges: 200 million identity keys looked at, none of them relevant).
 
-The index is built once per Session by one scan and then kept up to date by the
+The first pass of a Session scans its identity map once; the second builds the
+index by one scan, and from then on it is kept up to date by the
 session's object lifecycle events: ``loaded_as_persistent``,
 ``pending_to_persistent``, ``detached_to_persistent`` and
 ``deleted_to_persistent`` into the identity map, ``persistent_to_detached``,
@@ -124,11 +125,21 @@ class LoadedObjects:
 def loaded_states(session: Session, classes: Iterable[type]) -> list[InstanceState[Any]]:
     """The states of ``classes`` (identity classes) in ``session``'s identity map.
 
-    The first call for a session scans its identity map and starts following its
-    lifecycle events; later calls only look at the objects of ``classes``.
+    The first call for a session scans its identity map, which is cheapest for a
+    session that synchronizes once (a batch applied at flush); the second starts
+    the index, which later calls read instead of scanning (a loop of merges).
     """
-    index: LoadedObjects | None = getattr(session, "_sa_references_loaded", None)
+    index: LoadedObjects | int | None = getattr(session, "_sa_references_loaded", None)
+    if isinstance(index, LoadedObjects):
+        return index.states(session, classes)
     if index is None:
-        index = LoadedObjects(session)
-        session._sa_references_loaded = index  # type: ignore[attr-defined]
+        session._sa_references_loaded = 1  # type: ignore[attr-defined]
+        wanted = frozenset(classes)
+        return [
+            state
+            for state in session.identity_map.all_states()
+            if state.key is not None and state.key[0] in wanted and state.obj() is not None
+        ]
+    index = LoadedObjects(session)
+    session._sa_references_loaded = index  # type: ignore[attr-defined]
     return index.states(session, classes)

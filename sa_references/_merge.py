@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import InstanceState, Mapper, Session, attributes, object_session
+from sqlalchemy.orm import InstanceState, Mapper, Session, attributes
 from sqlalchemy.orm.exc import UnmappedClassError, UnmappedColumnError
 
 from . import _repoint as repoint
@@ -56,23 +56,31 @@ def session_of(source: object, target: object) -> Session:
     target_state = instance_state(target, "target")
     if source is target:
         raise ReferencesError(f"cannot merge {describe(source_state)} into itself")
-    session = object_session(source)
-    for role, state in (("source", source_state), ("target", target_state)):
-        if state.session is None:
-            raise ReferencesError(f"{role} {describe(state)} is not attached to a Session")
-    if object_session(target) is not session:
+    session, target_session = source_state.session, target_state.session
+    if session is None or target_session is None:
+        role, state = ("source", source_state) if session is None else ("target", target_state)
+        raise ReferencesError(f"{role} {describe(state)} is not attached to a Session")
+    if target_session is not session:
         raise ReferencesError(
             f"{describe(source_state)} and {describe(target_state)} belong to different sessions"
         )
-    assert session is not None
-    if not target_state.mapper.isa(source_state.mapper):
+    source_mapper, target_mapper = source_state.mapper, target_state.mapper
+    if target_mapper is not source_mapper and not target_mapper.isa(source_mapper):
         raise ReferencesError(
-            f"cannot merge a {source_state.mapper.class_.__name__} into a "
-            f"{target_state.mapper.class_.__name__}: the target must be of the source's class"
+            f"cannot merge a {source_mapper.class_.__name__} into a "
+            f"{target_mapper.class_.__name__}: the target must be of the source's class"
         )
-    for role, state in (("source", source_state), ("target", target_state)):
-        if state.was_deleted or marked_for_deletion(session, state):
-            raise ReferencesError(f"{role} {describe(state)} is deleted")
+    pending = getattr(session, "_deleted", None)
+    if (
+        source_state.was_deleted  # deleted by a flush
+        or target_state.was_deleted
+        or not isinstance(pending, dict)  # not a Session as this version has it
+        or source_state in pending  # marked by session.delete()
+        or target_state in pending
+    ):
+        for role, state in (("source", source_state), ("target", target_state)):
+            if state.was_deleted or marked_for_deletion(session, state):
+                raise ReferencesError(f"{role} {describe(state)} is deleted")
     return session
 
 
@@ -111,6 +119,29 @@ def known_values(obj: object, columns: tuple[AnyColumn, ...]) -> Values:
         identity = state.key[1]
         return tuple(identity[i] for i in positions)
     return referred_values(obj, columns)
+
+
+def identity_values_reader() -> Callable[[object, tuple[AnyColumn, ...]], Values]:
+    """:func:`known_values`, for many objects: where the values sit in the identity
+    key is looked up once per class and columns."""
+    positions_of: dict[tuple[Mapper[Any], tuple[AnyColumn, ...]], tuple[int, ...] | None] = {}
+
+    def read(obj: object, columns: tuple[AnyColumn, ...]) -> Values:
+        state = attributes.instance_state(obj)
+        mapper = state.mapper
+        try:
+            positions = positions_of[mapper, columns]
+        except KeyError:
+            positions = positions_of[mapper, columns] = _identity_positions(mapper, columns)
+        key = state.key
+        if positions is None or key is None:
+            return referred_values(obj, columns)
+        identity = key[1]
+        if len(positions) == 1:
+            return (identity[positions[0]],)
+        return tuple([identity[i] for i in positions])
+
+    return read
 
 
 _positions: weakref.WeakKeyDictionary[Mapper[Any], dict[Any, tuple[int, ...] | None]] = (
@@ -258,6 +289,8 @@ def merge_into(
 
 def lock_objects(bind: Bind, objects: Sequence[object]) -> None:
     """:func:`~._repoint.lock_rows` for persistent objects, by identity."""
+    if repoint.dialect_of(bind).name == "sqlite":
+        return  # the whole database is locked (see lock_rows)
     by_table: dict[Any, list[Values]] = {}
     for obj in objects:
         state = attributes.instance_state(obj)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from sqlalchemy import event
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
@@ -13,7 +13,13 @@ from sqlalchemy.orm.attributes import instance_state
 
 from ._batch import BatchReport, Chains, pairs_by_key, run_batch
 from ._errors import ReferencesError
-from ._merge import describe, graph_of, known_values, lock_objects, marked_for_deletion
+from ._merge import (
+    describe,
+    graph_of,
+    identity_values_reader,
+    lock_objects,
+    marked_for_deletion,
+)
 from ._repoint import check_options, savepoint
 from ._report import MergeReport
 from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
@@ -21,20 +27,24 @@ from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
 Values = tuple[Any, ...]
 
 
-@dataclass(slots=True)
-class _QueuedMerge:
-    source: object
-    target: object
+class _Options(NamedTuple):
+    """How a queued merge is applied; merges with equal options and class go together."""
+
     on_conflict: str
     delete: bool
     on_self_reference: str
     synchronize_session: SynchronizeMode
-    report: MergeReport
 
-    @property
-    def group(self) -> tuple[Mapper[Any], str, str, SynchronizeMode]:
-        mapper: Mapper[Any] = instance_state(self.source).mapper
-        return (mapper, self.on_conflict, self.on_self_reference, self.synchronize_session)
+
+#: each distinct options tuple once: a queued merge holds a shared one, not its own
+_interned: dict[tuple[Any, ...], _Options] = {}
+
+
+def _options(*values: Any) -> _Options:
+    try:
+        return _interned[values]
+    except KeyError:
+        return _interned.setdefault(values, _Options(*values))
 
 
 class ReferencesSession(Session):
@@ -78,8 +88,12 @@ class ReferencesSession(Session):
         check_options("raise", synchronize_session)
         super().__init__(bind, **kwargs)
         self.synchronize_session: SynchronizeMode = synchronize_session
-        self._queued: list[_QueuedMerge] = []
-        self._entries: dict[int, _QueuedMerge] = {}
+        #: the reports of the queued merges, in order (``report.source`` is the source)
+        self._queued: list[MergeReport] = []
+        #: by id(source): the report, and the options the merge was queued with
+        self._reports: dict[int, MergeReport] = {}
+        self._options: dict[int, _Options] = {}
+        #: by id(): every source and target queued
         self._objects: dict[int, object] = {}
         self._chains: Chains[int] = Chains(self._describe)
         self._queue_marks: weakref.WeakKeyDictionary[SessionTransaction, int] = (
@@ -111,16 +125,12 @@ class ReferencesSession(Session):
         objects = self._objects
         objects.setdefault(source_id, source)
         objects.setdefault(id(target), target)
-        changed = self._chains.add(source_id, id(target))
-        if not changed:  # the same merge, queued again
-            return self._entries[source_id].report
+        if not self._chains.add(source_id, id(target)):  # the same merge, queued again
+            return self._reports[source_id]
         report = MergeReport(source, target, applied=False)
-        entry = _QueuedMerge(source, target, on_conflict, delete, on_self_reference, mode, report)
-        self._entries[source_id] = entry
-        self._queued.append(entry)
-        final = objects[self._chains.target_of[source_id]]
-        for moved in changed:  # this source, and those already merged into it
-            self._entries[moved].target = final
+        self._reports[source_id] = report
+        self._options[source_id] = _options(on_conflict, delete, on_self_reference, mode)
+        self._queued.append(report)
         return report
 
     def _describe(self, object_id: int) -> str:
@@ -128,17 +138,20 @@ class ReferencesSession(Session):
 
     def _clear_queue(self, keep: int = 0) -> None:
         """Drop the queued merges after the first ``keep``."""
-        kept = self._queued[:keep]
+        kept, options = self._queued[:keep], self._options
         self._queued = []
-        self._entries = {}
+        self._reports = {}
+        self._options = {}
         self._objects = {}
         self._chains = Chains(self._describe)
-        for entry in kept:
-            self._objects[id(entry.source)] = entry.source
-            self._objects[id(entry.target)] = entry.target
-            self._chains.add(id(entry.source), id(entry.target))
-            self._entries[id(entry.source)] = entry
-            self._queued.append(entry)
+        for report in kept:
+            source, target = report.source, report.target
+            self._objects[id(source)] = source
+            self._objects[id(target)] = target
+            self._chains.add(id(source), id(target))
+            self._reports[id(source)] = report
+            self._options[id(source)] = options[id(source)]
+            self._queued.append(report)
 
     def rollback(self) -> None:
         self._clear_queue()  # also when no transaction had begun yet
@@ -155,11 +168,10 @@ class ReferencesSession(Session):
         super().flush(objects)
 
     def _apply_queue(self) -> None:
-        queued = list(self._queued)
-        self._clear_queue()
+        groups = self._take_queue()
         self._applying = True
         deleted = self.deleted  # one IdentitySet: each call builds a new one
-        deferred = [q.source for q in queued if q.source in deleted]
+        deferred = [r.source for g in groups for r in g.reports if r.source in deleted]
         touched: list[object] = []
         removed: list[object] = []
         try:
@@ -167,9 +179,14 @@ class ReferencesSession(Session):
                 _undelete(self, source, deleted)
             super().flush()  # pending rows that reference a source are written first
             deferred_ids = {id(source) for source in deferred}
-            deleting = [q.source for q in queued if q.delete or id(q.source) in deferred_ids]
+            deleting = [
+                r.source
+                for g in groups
+                for r in g.reports
+                if g.options.delete or id(r.source) in deferred_ids
+            ]
             with savepoint(self):
-                for group in _groups(queued):
+                for group in groups:
                     synced = _apply_group(self, group, deleting)
                     touched += synced.touched
                     removed += synced.removed
@@ -189,6 +206,31 @@ class ReferencesSession(Session):
             if instance_state(obj).session is self:
                 self.expunge(obj)
 
+    def _take_queue(self) -> list[_Group]:
+        """The queued merges by class and options, with their final targets; the queue empties."""
+        objects, target_of, options = self._objects, self._chains.target_of, self._options
+        groups: dict[tuple[Mapper[Any], _Options], _Group] = {}
+        for report in self._queued:
+            source_id = id(report.source)
+            key = (instance_state(report.source).mapper, options[source_id])
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(key[1])
+            group.reports.append(report)
+            group.pairs.append((report.source, objects[target_of[source_id]]))
+        self._clear_queue()
+        return list(groups.values())
+
+
+@dataclass(slots=True)
+class _Group:
+    """Queued merges of one class with the same options: applied together."""
+
+    options: _Options
+    reports: list[MergeReport] = field(default_factory=list)
+    #: (source, final target), chains resolved
+    pairs: list[tuple[object, object]] = field(default_factory=list)
+
 
 def _undelete(session: Session, source: object, deleted: Collection[object]) -> None:
     """Hold back a queued source's deletion (and what it cascaded to) until its merge ran."""
@@ -206,43 +248,31 @@ def _undelete(session: Session, source: object, deleted: Collection[object]) -> 
                         session.add(member)
 
 
-def _groups(queued: Sequence[_QueuedMerge]) -> list[list[_QueuedMerge]]:
-    groups: dict[Any, list[_QueuedMerge]] = {}
-    for entry in queued:
-        groups.setdefault(entry.group, []).append(entry)
-    return list(groups.values())
-
-
-def _apply_group(
-    session: Session, group: Sequence[_QueuedMerge], deleting: Sequence[object]
-) -> SyncResult:
-    first = group[0]
-    for entry in group:
-        for role, obj in (("source", entry.source), ("target", entry.target)):
+def _apply_group(session: Session, group: _Group, deleting: Sequence[object]) -> SyncResult:
+    for source, target in group.pairs:
+        for role, obj in (("source", source), ("target", target)):
             state = instance_state(obj)
-            if not state.persistent or (
-                obj is not entry.source and marked_for_deletion(session, state)
-            ):
+            if not state.persistent or (obj is target and marked_for_deletion(session, state)):
                 raise ReferencesError(f"queued merge {role} {obj!r} is no longer persistent")
-    mapper: Mapper[Any] = instance_state(first.source).mapper
-    lock_objects(session, [obj for entry in group for obj in (entry.source, entry.target)])
+    pairs, options = group.pairs, group.options
+    mapper: Mapper[Any] = instance_state(pairs[0][0]).mapper
+    lock_objects(session, [obj for pair in pairs for obj in pair])
     graph = graph_of(mapper)
     keys = graph.keys_for_mapper(mapper)
-    pairs = [(entry.source, entry.target) for entry in group]
-    key_pairs = pairs_by_key(session, keys, pairs, known_values)
+    key_pairs = pairs_by_key(session, keys, pairs, identity_values_reader())
     results, moves = run_batch(
         session,
         key_pairs,
-        on_conflict=first.on_conflict,
-        on_self_reference=first.on_self_reference,
-        fetch=first.synchronize_session == "fetch",
+        on_conflict=options.on_conflict,
+        on_self_reference=options.on_self_reference,
+        fetch=options.synchronize_session == "fetch",
     )
     batch = BatchReport(None, None, keys=results, pairs=pairs)
-    for entry in group:
-        entry.report.keys = results
-        entry.report.batch = batch
-        entry.report.applied = True
-    return synchronize(session, graph, pairs, moves, first.synchronize_session, deleting)
+    for report in group.reports:
+        report.keys = results
+        report.batch = batch
+        report.applied = True
+    return synchronize(session, graph, pairs, moves, options.synchronize_session, deleting)
 
 
 def _apply_before_commit(session: ReferencesSession) -> None:
