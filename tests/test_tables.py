@@ -6,7 +6,19 @@ import re
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, MetaData, Table, func, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
@@ -221,3 +233,44 @@ def test_merge_many_reads_keys_not_rows(
         with pytest.raises(ReferencesError, match="not found"):
             merge_many(connection, group, missing)
     assert connection.execute(select(members)).all() == before
+
+
+class _Code(TypeDecorator[str]):
+    """Stored upper case, read back lower case: bound values must go through the type."""
+
+    impl = String(10)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else value.upper()
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else value.lower()
+
+
+def test_batch_keys_of_a_type_that_processes_values(db: Any) -> None:
+    """The pairs reach the mapping (table or arrays) through the key's type: sent raw, the
+    codes would match no row."""
+    metadata = MetaData()
+    item = Table("coded_item", metadata, Column("code", _Code, primary_key=True))
+    line = Table(
+        "coded_line",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("item_code", _Code, ForeignKey("coded_item.code"), nullable=False),
+    )
+    metadata.create_all(db.engine)
+    try:
+        with db.engine.begin() as connection:
+            connection.execute(item.insert(), [{"code": c} for c in ("a", "b", "c", "d")])
+            connection.execute(
+                line.insert(), [{"id": i, "item_code": c} for i, c in enumerate("abcd", 1)]
+            )
+            report = merge_many(connection, item, [("a", "d"), ("b", "d"), ("c", "b")])
+            assert report.rowcount == 3
+            codes = connection.execute(select(line.c.item_code).order_by(line.c.id)).scalars()
+            assert list(codes) == ["d", "d", "d", "d"]
+            stored = select(func.count()).where(line.c.item_code == literal_column("'D'"))
+            assert connection.execute(stored.select_from(line)).scalar_one() == 4
+    finally:
+        metadata.drop_all(db.engine)
