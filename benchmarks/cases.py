@@ -196,6 +196,7 @@ def run_merges(
             n,
             variant=contender.variant,
             unrelated=unrelated,
+            session=contender.orm is not None,
         )
         ctx.merges[key] = result
         results.append(result)
@@ -228,15 +229,15 @@ def single(ctx: Context) -> None:
         models.dispose()
 
 
-def batch_contenders(dialect: str) -> list[c.MergeContender]:
-    return [c.QUEUED, c.MERGE_MANY, *c.hand_written(dialect), c.PEER]
+def batch_contenders(dialect: str, models: Models) -> list[c.MergeContender]:
+    return [c.QUEUED, c.MERGE_MANY, *c.hand_written(dialect, models), c.PEER]
 
 
 def batch(ctx: Context) -> None:
     n = min(ctx.options.sizes)
     models = build_models()
     try:
-        run_merges(ctx, "batch", models, batch_contenders(ctx.backend.dialect), n)
+        run_merges(ctx, "batch", models, batch_contenders(ctx.backend.dialect, models), n)
     finally:
         models.dispose()
 
@@ -245,7 +246,7 @@ def scaling(ctx: Context) -> None:
     models = build_models()
     try:
         for n in sorted(ctx.options.sizes):
-            contenders = [*batch_contenders(ctx.backend.dialect), c.MERGE_INTO]
+            contenders = [*batch_contenders(ctx.backend.dialect, models), c.MERGE_INTO]
             run_merges(ctx, "scaling", models, contenders, n)
     finally:
         models.dispose()

@@ -160,89 +160,121 @@ def _quote(connection: Connection, name: str) -> str:
     return connection.dialect.identifier_preparer.quote(name)
 
 
-def _temp_table(engine: Engine, models: Models, pairs: Sequence[Pair]) -> None:
-    with engine.begin() as connection:
-        dialect = connection.dialect.name
-        if dialect == "postgresql":
-            create = (
-                "CREATE TEMPORARY TABLE merge_map (src integer PRIMARY KEY, tgt integer NOT NULL)"
-                " ON COMMIT DROP"
+def _temp_table(connection: Connection, models: Models, pairs: Sequence[Pair]) -> None:
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        create = (
+            "CREATE TEMPORARY TABLE merge_map (src integer PRIMARY KEY, tgt integer NOT NULL)"
+            " ON COMMIT DROP"
+        )
+    elif dialect == "mysql":
+        create = "CREATE TEMPORARY TABLE merge_map (src INT PRIMARY KEY, tgt INT NOT NULL)"
+    else:
+        create = "CREATE TEMPORARY TABLE merge_map (src INTEGER PRIMARY KEY, tgt INTEGER NOT NULL)"
+    connection.exec_driver_sql(create)
+    insert = "INSERT INTO merge_map (src, tgt) VALUES (?, ?)"
+    if connection.dialect.paramstyle in ("format", "pyformat"):
+        insert = "INSERT INTO merge_map (src, tgt) VALUES (%s, %s)"
+    connection.exec_driver_sql(insert, list(pairs))
+    if dialect == "postgresql":
+        connection.exec_driver_sql("ANALYZE merge_map")
+    for table in models.referencing_tables:
+        t = _quote(connection, table.name)
+        if dialect == "mysql":
+            statement = (
+                f"UPDATE {t} JOIN merge_map ON {t}.customer_id = merge_map.src "
+                f"SET {t}.customer_id = merge_map.tgt"
             )
-        elif dialect == "mysql":
-            create = "CREATE TEMPORARY TABLE merge_map (src INT PRIMARY KEY, tgt INT NOT NULL)"
         else:
-            create = (
-                "CREATE TEMPORARY TABLE merge_map (src INTEGER PRIMARY KEY, tgt INTEGER NOT NULL)"
+            statement = (
+                f"UPDATE {t} SET customer_id = merge_map.tgt FROM merge_map "
+                f"WHERE {t}.customer_id = merge_map.src"
             )
-        connection.exec_driver_sql(create)
-        insert = "INSERT INTO merge_map (src, tgt) VALUES (?, ?)"
-        if connection.dialect.paramstyle in ("format", "pyformat"):
-            insert = "INSERT INTO merge_map (src, tgt) VALUES (%s, %s)"
-        connection.exec_driver_sql(insert, list(pairs))
-        if dialect == "postgresql":
-            connection.exec_driver_sql("ANALYZE merge_map")
-        for table in models.referencing_tables:
-            t = _quote(connection, table.name)
-            if dialect == "mysql":
-                statement = (
-                    f"UPDATE {t} JOIN merge_map ON {t}.customer_id = merge_map.src "
-                    f"SET {t}.customer_id = merge_map.tgt"
-                )
-            else:
-                statement = (
-                    f"UPDATE {t} SET customer_id = merge_map.tgt FROM merge_map "
-                    f"WHERE {t}.customer_id = merge_map.src"
-                )
-            connection.exec_driver_sql(statement)
-        if dialect != "postgresql":
-            temporary = "TEMPORARY " if dialect == "mysql" else ""
-            connection.exec_driver_sql(f"DROP {temporary}TABLE merge_map")
+        connection.exec_driver_sql(statement)
+    if dialect != "postgresql":
+        temporary = "TEMPORARY " if dialect == "mysql" else ""
+        connection.exec_driver_sql(f"DROP {temporary}TABLE merge_map")
 
 
-def _values(engine: Engine, models: Models, pairs: Sequence[Pair]) -> None:
+def _values(connection: Connection, models: Models, pairs: Sequence[Pair]) -> None:
     rows = ", ".join(f"({int(s)}, {int(t)})" for s, t in pairs)
-    with engine.begin() as connection:
-        postgresql = connection.dialect.name == "postgresql"
-        for table in models.referencing_tables:
-            t = _quote(connection, table.name)
-            if postgresql:
-                statement = (
-                    f"UPDATE {t} SET customer_id = v.tgt FROM (VALUES {rows}) AS v(src, tgt) "
-                    f"WHERE {t}.customer_id = v.src"
-                )
-            else:  # SQLite names the columns of VALUES column1, column2
-                statement = (
-                    f"UPDATE {t} SET customer_id = v.column2 FROM (VALUES {rows}) AS v "
-                    f"WHERE {t}.customer_id = v.column1"
-                )
-            connection.exec_driver_sql(statement)
+    postgresql = connection.dialect.name == "postgresql"
+    for table in models.referencing_tables:
+        t = _quote(connection, table.name)
+        if postgresql:
+            statement = (
+                f"UPDATE {t} SET customer_id = v.tgt FROM (VALUES {rows}) AS v(src, tgt) "
+                f"WHERE {t}.customer_id = v.src"
+            )
+        else:  # SQLite names the columns of VALUES column1, column2
+            statement = (
+                f"UPDATE {t} SET customer_id = v.column2 FROM (VALUES {rows}) AS v "
+                f"WHERE {t}.customer_id = v.column1"
+            )
+        connection.exec_driver_sql(statement)
 
 
-def _unnest(engine: Engine, models: Models, pairs: Sequence[Pair]) -> None:
+def _unnest(connection: Connection, models: Models, pairs: Sequence[Pair]) -> None:
     sources = [s for s, _ in pairs]
     targets = [t for _, t in pairs]
-    with engine.begin() as connection:
-        for table in models.referencing_tables:
-            t = _quote(connection, table.name)
-            connection.exec_driver_sql(
-                f"UPDATE {t} SET customer_id = v.tgt "
-                "FROM unnest(%(src)s::integer[], %(tgt)s::integer[]) AS v(src, tgt) "
-                f"WHERE {t}.customer_id = v.src",
-                {"src": sources, "tgt": targets},
-            )
+    for table in models.referencing_tables:
+        t = _quote(connection, table.name)
+        connection.exec_driver_sql(
+            f"UPDATE {t} SET customer_id = v.tgt "
+            "FROM unnest(%(src)s::integer[], %(tgt)s::integer[]) AS v(src, tgt) "
+            f"WHERE {t}.customer_id = v.src",
+            {"src": sources, "tgt": targets},
+        )
 
 
-def hand_written(dialect: str) -> list[MergeContender]:
-    """The hand-written variants that exist for ``dialect``."""
-    variants = [
-        MergeContender("hand-written SQL", "hand-written", core=_temp_table, variant="temp-table")
-    ]
+#: the SQL of one hand-written variant, run on a connection in a transaction
+HandWritten = Callable[[Connection, Models, Sequence[Pair]], None]
+
+
+def _on_engine(sql: HandWritten) -> CoreAction:
+    """From the list of pairs: the SQL in a transaction of its own."""
+
+    def action(engine: Engine, models: Models, pairs: Sequence[Pair]) -> None:
+        with engine.begin() as connection:
+            sql(connection, models, pairs)
+
+    return action
+
+
+def _in_session(sql: HandWritten, models: Models) -> OrmAction:
+    """From the customers loaded in a Session: the SQL on its connection, then its commit
+    (which expires the loaded objects, as it does for the ORM contenders)."""
+
+    def action(session: Session, objects: dict[int, Any], pairs: Sequence[Pair]) -> None:
+        sql(session.connection(), models, pairs)
+        session.commit()
+
+    return action
+
+
+def hand_written(dialect: str, models: Models | None = None) -> list[MergeContender]:
+    """The hand-written variants that exist for ``dialect``.
+
+    With ``models``, each variant also runs in the ORM contenders' setting: from the
+    customers loaded in a Session, committed by that Session.
+    """
+    variants: list[tuple[str, HandWritten]] = [("temp-table", _temp_table)]
     if dialect in ("postgresql", "sqlite"):
-        variants.append(
-            MergeContender("hand-written SQL", "hand-written", core=_values, variant="values")
-        )
+        variants.append(("values", _values))
     if dialect == "postgresql":
-        variants.append(
-            MergeContender("hand-written SQL", "hand-written", core=_unnest, variant="unnest")
-        )
-    return variants
+        variants.append(("unnest", _unnest))
+    contenders = [
+        MergeContender("hand-written SQL", "hand-written", core=_on_engine(sql), variant=name)
+        for name, sql in variants
+    ]
+    if models is not None:
+        contenders += [
+            MergeContender(
+                "hand-written SQL",
+                "hand-written",
+                orm=_in_session(sql, models),
+                variant=f"{name}, in the ORM session",
+            )
+            for name, sql in variants
+        ]
+    return contenders

@@ -76,6 +76,9 @@ class Result:
     variant: str = ""
     #: unrelated tables in the MetaData (discovery case)
     unrelated: int | None = None
+    #: the run starts from objects loaded in a Session and ends with its commit (which
+    #: expires them); otherwise from a list of pairs, on a connection of its own
+    session: bool = False
 
     @property
     def ok(self) -> bool:

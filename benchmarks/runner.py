@@ -1,6 +1,6 @@
 """Command line: pick the backends and cases, run them in this process, report.
 
-``python -m benchmarks [--dburi URL ...] [--n 1000 10000 100000] [--repeat 3]
+``python -m benchmarks [--dburi URL ...] [--n 2000,10000,100000] [--repeat 3]
 [--cases single,batch,...] [--json PATH]``
 
 SQLite (a temporary file, ``PRAGMA foreign_keys=ON``) always runs unless
@@ -73,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
         type=_sizes,
         action="extend",
         metavar="N[,N...]",
-        help="numbers of merges (repeatable or comma-separated; default 1000,10000,100000); "
+        help="numbers of merges (repeatable or comma-separated; default 2000,10000,100000); "
         "single, batch, dependents and discovery run at the smallest",
     )
     p.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (median)")
@@ -161,7 +161,7 @@ def run(
     args: argparse.Namespace, backends: Sequence[Backend], log: Callable[[str], None]
 ) -> list[Result]:
     options = Options(
-        sizes=sorted(set(args.n or [1_000, 10_000, 100_000])),
+        sizes=sorted(set(args.n or [2_000, 10_000, 100_000])),
         repeat=args.repeat,
         memory=not args.no_memory,
         budget=args.budget,

@@ -48,6 +48,9 @@ def test_whole_suite_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     contenders = {r["contender"] for r in merges}
     assert {"ReferencesSession", "merge_many", "hand-written SQL"} <= contenders
     assert {r["n"] for r in merges} == {8, 16}
+    # hand-written SQL runs in both settings: alone, and in the ORM contenders' session
+    assert {r["session"] for r in merges if r["kind"] == "hand-written"} == {True, False}
+    assert {r["session"] for r in merges if r["contender"] == "ReferencesSession"} == {True}
     assert all(r["median_seconds"] > 0 and r["statement_count"] for r in merges if not r["skipped"])
     assert any(r["peak_bytes"] for r in merges)
     assert document["ratios"] and document["targets"]
