@@ -198,9 +198,11 @@ def merge_into(
     Works through ``object_session(source)``: pending changes are flushed
     first, conflicts on unique keys of referencing tables are found before
     anything is written, then one UPDATE per referencing key runs inside a
-    SAVEPOINT (all or nothing) and the objects already loaded are brought in
-    step (see ``synchronize_session``).  In a ``ReferencesSession`` the merge
-    is queued and applied, set-based, at the next flush.
+    SAVEPOINT (all or nothing; on PostgreSQL the plain UPDATEs of keys of
+    distinct tables are sent as one statement) and the objects already loaded
+    are brought in step (see ``synchronize_session``).  In a
+    ``ReferencesSession`` the merge is queued and applied, set-based, at the
+    next flush.
 
     :param on_conflict: ``"raise"`` (:class:`MergeConflictError`, nothing
       changed), ``"delete"`` (delete the source's clashing rows) or
@@ -252,10 +254,9 @@ def merge_into(
     removed: list[object] = []
     try:
         # reads too: a failed read leaves the session usable; a dry run is rolled back
-        with repoint.savepoint(session, rollback=dry_run, mapper=source_mapper):
-            # Core statements on the session's connection for the source's class (the
-            # savepoint's): the ORM's execute() adds nothing to them
-            bind = repoint.connection_of(session, source_mapper)
+        # Core statements on the session's connection for the source's class (the
+        # savepoint's): the ORM's execute() adds nothing to them
+        with repoint.savepoint(session, rollback=dry_run, mapper=source_mapper) as bind:
             lock_objects(bind, [source, target])
             plans = repoint.plan(
                 bind,
@@ -264,8 +265,13 @@ def merge_into(
                 lambda columns: referred_values(target, columns),
                 held_by_target.__contains__,
             )
-            names = (describe(source_state), describe(target_state))
-            repoint.check_plans(plans, on_conflict, on_self_reference, names, dry_run)
+            repoint.check_plans(
+                plans,
+                on_conflict,
+                on_self_reference,
+                lambda: (describe(source_state), describe(target_state)),
+                dry_run,
+            )
             if dry_run:
                 report.keys = repoint.dry_run(bind, plans, on_conflict)
                 return report
@@ -421,7 +427,7 @@ def merge_rows(
             lambda key: key.table is table,
         )
         names = (f"{table.fullname} {source_key!r}", f"{table.fullname} {target_key!r}")
-        repoint.check_plans(plans, on_conflict, on_self_reference, names, dry_run)
+        repoint.check_plans(plans, on_conflict, on_self_reference, lambda: names, dry_run)
         if dry_run:
             report.keys = repoint.dry_run(bind, plans, on_conflict)
             return report

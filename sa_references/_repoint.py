@@ -73,7 +73,7 @@ def dialect_of(bind: Bind) -> Dialect:
 @contextlib.contextmanager
 def savepoint(
     bind: Bind, *, rollback: bool = False, mapper: Mapper[Any] | None = None
-) -> Iterator[None]:
+) -> Iterator[Connection]:
     """A SAVEPOINT that a later rollback of the enclosing transaction still undoes.
 
     pysqlite starts no transaction before a SAVEPOINT, so releasing it would
@@ -89,6 +89,7 @@ def savepoint(
 
     ``mapper``: for a Session, the SAVEPOINT is opened on the connection the
     session binds ``mapper`` to (a session may bind classes to several engines).
+    That connection is what the block gets (``with savepoint(...) as connection``).
     """
     connection = connection_of(bind, mapper)
     if connection.dialect.name == "sqlite":
@@ -99,8 +100,9 @@ def savepoint(
     opened: NestedTransaction | None = None
     try:
         # a Session sends its SAVEPOINT on first use: asking for its connection does
-        opened = connection_of(bind, mapper).get_nested_transaction()
-        yield
+        current = connection_of(bind, mapper)
+        opened = current.get_nested_transaction()
+        yield current
     except BaseException:
         _undo(connection, nested, opened)
         raise
@@ -140,12 +142,19 @@ def _undo(
             connection.dialect.do_rollback_to_savepoint(connection, opened._savepoint)
 
 
-def execute(bind: Bind, statement: Any, key: ReferencingKey, what: str, params: Any = None) -> Any:
-    """Run one statement; a database error is annotated with the key it failed on."""
+def execute(
+    bind: Bind,
+    statement: Any,
+    key: ReferencingKey | Sequence[ReferencingKey],
+    what: str,
+    params: Any = None,
+) -> Any:
+    """Run one statement; a database error is annotated with the key(s) it failed on."""
     try:
         return bind.execute(statement, params)
     except DBAPIError as error:
-        error.add_note(f"sa_references: failed while {what} {key.name}")
+        keys = [key] if isinstance(key, ReferencingKey) else key
+        error.add_note(f"sa_references: failed while {what} {', '.join(k.name for k in keys)}")
         raise
 
 
@@ -165,8 +174,8 @@ def lock_rows(bind: Bind, table: Any, identities: Sequence[Values]) -> set[Value
     wanted = set(identities)
     found: set[Values] = set()
     arrays = dialect == "postgresql"
-    for statement in sql.lock_rows(table, list(wanted), arrays=arrays):
-        found.update(tuple(row) for row in bind.execute(statement))
+    for statement, params in sql.lock_rows(table, list(wanted), arrays=arrays):
+        found.update(tuple(row) for row in bind.execute(statement, params))
     return wanted - found
 
 
@@ -211,12 +220,20 @@ def plan(
 ) -> list[KeyPlan]:
     """Values, self-references and conflicts of every key, read before anything is written."""
     plans = []
+    # keys referring to the same columns (most refer to the primary key) share their values
+    known: dict[tuple[AnyColumn, ...], tuple[Values, Values, bool, bool]] = {}
     for key in keys:
-        source_values = source(key.referred_columns)
-        target_values = target(key.referred_columns)
-        if any(v is None for v in source_values):
+        try:
+            source_values, target_values, no_source, no_target = known[key.referred_columns]
+        except KeyError:
+            source_values = source(key.referred_columns)
+            target_values = target(key.referred_columns)
+            no_source = any(v is None for v in source_values)
+            no_target = any(v is None for v in target_values) or source_values == target_values
+            known[key.referred_columns] = (source_values, target_values, no_source, no_target)
+        if no_source:
             continue  # nothing can reference a NULL
-        if any(v is None for v in target_values) or source_values == target_values:
+        if no_target:
             params = sql.pair_parameters(source_values)
             count = execute(bind, sql.count_references(key), key, "counting", params).scalar_one()
             if count:
@@ -237,6 +254,8 @@ def read_conflicts(
     bind: Bind, key: ReferencingKey, source: Values, target: Values
 ) -> list[Conflict]:
     """The source's rows that would clash, per unique key of the referencing table."""
+    if not key.unique_keys:
+        return []
     params = sql.pair_parameters(source, target)
     conflicts = []
     for unique in key.unique_keys:
@@ -256,19 +275,74 @@ def apply_all(
     When an earlier key already re-pointed rows of the same table, a unique
     key spanning both foreign keys may clash anew: those keys' conflicts are
     read again just before their UPDATE.
+
+    On PostgreSQL, consecutive keys of distinct tables that only need their
+    plain UPDATE (nothing to clear, delete or leave, nothing to fetch) run as
+    one statement (:func:`apply_together`); a key of a table already in the
+    pending run, or one whose conflicts are read again, starts after it.
     """
-    results, moves = [], []
+    results: list[KeyResult] = []
+    moves: list[KeyMoves] = []
     updated: set[Any] = set()
+    together = not fetch and len(plans) > 1 and dialect_of(bind).name == "postgresql"
+    run: list[KeyPlan] = []  # plain keys of distinct tables, not sent yet
+    run_tables: set[Any] = set()
     for key_plan in plans:
         key = key_plan.key
+        if key.table in run_tables or (run and key.unique_keys and key.table in updated):
+            _apply_run(bind, run, on_conflict, results, moves)
+            updated |= run_tables
+            run, run_tables = [], set()
         if key.table in updated and key.unique_keys:
             key_plan.conflicts = read_conflicts(bind, key, key_plan.source, key_plan.target)
             if key_plan.conflicts and on_conflict == "raise":
                 raise MergeConflictError(key_plan.conflicts)
+        if together and key_plan.target_refers_to_source is None and not key_plan.conflicts:
+            run.append(key_plan)
+            run_tables.add(key.table)
+            continue
+        if run:
+            _apply_run(bind, run, on_conflict, results, moves)
+            updated |= run_tables
+            run, run_tables = [], set()
         result, moved = apply(bind, key_plan, on_conflict, fetch)
         updated.add(key.table)
         results.append(result)
         moves.append(moved)
+    if run:
+        _apply_run(bind, run, on_conflict, results, moves)
+    return results, moves
+
+
+def _apply_run(
+    bind: Bind,
+    run: Sequence[KeyPlan],
+    on_conflict: str,
+    results: list[KeyResult],
+    moves: list[KeyMoves],
+) -> None:
+    if len(run) == 1:
+        result, moved = apply(bind, run[0], on_conflict, fetch=False)
+        results.append(result)
+        moves.append(moved)
+        return
+    for result, moved in zip(*apply_together(bind, run)):
+        results.append(result)
+        moves.append(moved)
+
+
+def apply_together(bind: Bind, plans: Sequence[KeyPlan]) -> tuple[list[KeyResult], list[KeyMoves]]:
+    """:func:`apply` for keys of distinct tables with nothing but their UPDATE to run:
+    one statement (PostgreSQL's data-modifying CTEs) re-points them all and counts each."""
+    keys = [p.key for p in plans]
+    statement, names = sql.repoint_together(keys)
+    params: dict[str, Any] = {}
+    for (sources, targets), key_plan in zip(names, plans):
+        params.update(zip(sources, key_plan.source))
+        params.update(zip(targets, key_plan.target))
+    counts = execute(bind, statement, keys, "re-pointing", params).one()
+    results = [KeyResult(p.key, repointed=int(n)) for p, n in zip(plans, counts)]
+    moves = [KeyMoves(p.key, {p.source: p.target}) for p in plans]
     return results, moves
 
 
@@ -276,17 +350,18 @@ def check_plans(
     plans: Sequence[KeyPlan],
     on_conflict: str,
     on_self_reference: str,
-    names: tuple[str, str],
+    names: Callable[[], tuple[str, str]],
     dry_run: bool = False,
 ) -> None:
     """Refuse, before anything is written, what ``on_conflict``/``on_self_reference`` forbid.
 
-    A dry run reports conflicts instead of raising them.
+    A dry run reports conflicts instead of raising them.  ``names()`` describes the source
+    and the target, for an error only.
     """
-    source, target = names
     if on_self_reference == "raise":
         for key_plan in plans:
             if key_plan.target_refers_to_source is not None:
+                source, target = names()
                 raise ReferencesError(
                     f"{target} references {source} through {key_plan.key.name}; merging "
                     "would make it reference itself (pass on_self_reference='null' to clear "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -154,6 +155,48 @@ def repoint(key: ReferencingKey, keep: Sequence[Values] = ()) -> Update:
     if keep:
         statement = statement.where(not_(identity_in(key.identity, keep)))
     return statement
+
+
+#: per key of a :func:`repoint_together` statement: the names of its source parameters and
+#: of its target parameters
+ParameterNames = tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]
+
+
+@cached
+def _repoint_together(
+    key: ReferencingKey, others: tuple[ReferencingKey, ...]
+) -> tuple[Select[Any], ParameterNames]:
+    ctes, names = [], []
+    for n, each in enumerate((key, *others)):
+        sources = [f"k{n}_src_{i}" for i in range(len(each.columns))]
+        targets = [f"k{n}_tgt_{i}" for i in range(len(each.columns))]
+        names.append((tuple(sources), tuple(targets)))
+        pairs = list(zip(each.columns, sources, targets))
+        moved = (
+            update(each.table)
+            .where(*(c == bindparam(source, type_=c.type) for c, source, _ in pairs))
+            .values({c.key: bindparam(target, type_=c.type) for c, _, target in pairs})
+            .returning(each.columns[0])
+            .cte(f"sa_references_u{n}")
+        )
+        ctes.append(select(func.count()).select_from(moved).scalar_subquery())
+    return select(*ctes), tuple(names)
+
+
+def repoint_together(keys: Sequence[ReferencingKey]) -> tuple[Select[Any], ParameterNames]:
+    """PostgreSQL: :func:`repoint` for several keys of distinct tables, as one statement.
+
+    ``WITH u0 AS (UPDATE t0 SET fk = :k0_tgt_0 WHERE fk = :k0_src_0 RETURNING fk), u1 AS
+    (...) SELECT (SELECT count(*) FROM u0), (SELECT count(*) FROM u1) ...``: one row, the
+    rows each key re-pointed.  Each key has parameters of its own (``k<n>_src_<i>``,
+    ``k<n>_tgt_<i>``, named in the second item returned): keys may refer to different
+    columns (an ``id``, a unique ``code``), whose values differ.
+
+    The UPDATEs of one statement share one snapshot and none sees another's rows: a table
+    must not appear twice (PostgreSQL leaves a row updated twice undefined).
+    """
+    first, *others = keys
+    return _repoint_together(first, tuple(others))
 
 
 def delete_rows(key: ReferencingKey, source: Values, rows: Sequence[Values]) -> Delete:
@@ -338,23 +381,47 @@ def nullify_identities(key: ReferencingKey, rows: Sequence[Values]) -> Iterator[
 LOCK_CHUNK = 1000
 
 
+#: the locking SELECT of a table, built once: {(arrays, primary key columns): statement}
+_locks: weakref.WeakKeyDictionary[Any, dict[Any, Select[Any]]] = weakref.WeakKeyDictionary()
+
+
+def _lock_statement(table: Any, pk: tuple[AnyColumn, ...], arrays: bool) -> Select[Any]:
+    """The statement :func:`lock_rows` runs, with one parameter ``lock_ids``."""
+    by_shape = _locks.setdefault(table, {})
+    try:
+        return by_shape[arrays, pk]
+    except KeyError:
+        pass
+    if arrays:
+        (column,) = pk
+        values = bindparam("lock_ids", type_=ARRAY(column.type))
+        matched = column == any_(values)
+    else:
+        wanted: Any = bindparam("lock_ids", expanding=True)
+        matched = pk[0].in_(wanted) if len(pk) == 1 else tuple_(*pk).in_(wanted)
+    statement = select(*pk).where(matched).order_by(*pk).with_for_update()
+    by_shape[arrays, pk] = statement
+    return statement
+
+
 def lock_rows(
     table: Any, identities: Sequence[Values], *, arrays: bool = False
-) -> Iterator[Select[Any]]:
+) -> Iterator[tuple[Select[Any], dict[str, Any]]]:
     """``SELECT pk ... ORDER BY pk FOR UPDATE`` over ``identities``, in primary key order.
 
+    Yields each statement with its parameters (the statements are built once per table).
     ``arrays`` (PostgreSQL): a single-column key is matched with ``= ANY(:array)``,
     one statement whatever the number of rows, instead of chunks of ``IN``.
     """
-    pk = list(table.primary_key.columns)
+    pk = tuple(table.primary_key.columns)
     try:
         ordered = sorted(set(identities))
     except TypeError:  # values of mixed types: any fixed total order will do
         ordered = sorted(set(identities), key=repr)
     if arrays and len(pk) == 1:
-        (column,) = pk
-        values = bindparam("lock_ids", [v for (v,) in ordered], type_=ARRAY(column.type))
-        yield select(column).where(column == any_(values)).order_by(column).with_for_update()
+        yield _lock_statement(table, pk, True), {"lock_ids": [v for (v,) in ordered]}
         return
+    statement = _lock_statement(table, pk, False)
     for chunk in chunks(ordered, LOCK_CHUNK):
-        yield select(*pk).where(_identity_in(pk, chunk)).order_by(*pk).with_for_update()
+        values = [v for (v,) in chunk] if len(pk) == 1 else list(chunk)
+        yield statement, {"lock_ids": values}

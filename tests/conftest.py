@@ -15,6 +15,7 @@ SAVEPOINT work.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,6 +178,13 @@ class StatementLog:
 
     def count(self, verb: str) -> int:
         return sum(1 for s in self.sql if s.lstrip().upper().startswith(verb.upper()))
+
+    @property
+    def updated(self) -> list[str]:
+        """The table of every UPDATE sent, in order: also those of a PostgreSQL statement that
+        re-points several keys at once (``WITH u0 AS (UPDATE t0 SET ...), ...``)."""
+        found = (re.findall(r"\bUPDATE\s+(\S+)\s+SET\b", s) for s in self.sql)
+        return [table.strip('"`') for tables in found for table in tables]
 
 
 @pytest.fixture
