@@ -168,15 +168,24 @@ def lock_rows(bind: Bind, table: Any, identities: Sequence[Values]) -> set[Value
     them.  SQLite locks the whole database and needs nothing here: None, no
     row was looked at.
     """
-    dialect = dialect_of(bind).name
-    if dialect == "sqlite":
+    dialect = dialect_of(bind)
+    if dialect.name == "sqlite":
         return None
     wanted = set(identities)
     found: set[Values] = set()
-    arrays = dialect == "postgresql"
-    for statement, params in sql.lock_rows(table, list(wanted), arrays=arrays):
+    for statement, params in sql.lock_rows(table, list(wanted), shape=_lock_shape(dialect)):
         found.update(tuple(row) for row in bind.execute(statement, params))
     return wanted - found
+
+
+def _lock_shape(dialect: Dialect) -> sql.LockShape:
+    if dialect.name == "postgresql":
+        return "array"
+    version = dialect.server_version_info or ()
+    mariadb = getattr(dialect, "is_mariadb", False)
+    if dialect.name == "mysql" and version >= ((10, 6) if mariadb else (8, 0, 4)):
+        return "json"
+    return "in"
 
 
 def current_read(bind: Bind, statement: Any) -> Any:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -21,9 +22,11 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    literal_column,
     not_,
     or_,
     select,
+    text,
     true,
     tuple_,
     update,
@@ -385,43 +388,68 @@ LOCK_CHUNK = 1000
 _locks: weakref.WeakKeyDictionary[Any, dict[Any, Select[Any]]] = weakref.WeakKeyDictionary()
 
 
-def _lock_statement(table: Any, pk: tuple[AnyColumn, ...], arrays: bool) -> Select[Any]:
+#: how :func:`lock_rows` passes the keys: IN lists, a PostgreSQL array, a MySQL JSON array
+LockShape = Literal["in", "array", "json"]
+
+
+def _lock_statement(table: Any, pk: tuple[AnyColumn, ...], shape: LockShape) -> Select[Any]:
     """The statement :func:`lock_rows` runs, with one parameter ``lock_ids``."""
     by_shape = _locks.setdefault(table, {})
     try:
-        return by_shape[arrays, pk]
+        return by_shape[shape, pk]
     except KeyError:
         pass
-    if arrays:
+    if shape == "array":
         (column,) = pk
         values = bindparam("lock_ids", type_=ARRAY(column.type))
         matched = column == any_(values)
+    elif shape == "json":
+        (column,) = pk
+        listed = text("JSON_TABLE(:lock_ids, '$[*]' COLUMNS (v BIGINT PATH '$')) AS lock_ids")
+        matched = column.in_(select(literal_column("lock_ids.v")).select_from(listed))
     else:
         wanted: Any = bindparam("lock_ids", expanding=True)
         matched = pk[0].in_(wanted) if len(pk) == 1 else tuple_(*pk).in_(wanted)
     statement = select(*pk).where(matched).order_by(*pk).with_for_update()
-    by_shape[arrays, pk] = statement
+    by_shape[shape, pk] = statement
     return statement
 
 
+def json_keys_fit(table: Any) -> bool:
+    """Whether ``table``'s keys can travel as one JSON array of integers (MySQL JSON_TABLE)."""
+    pk = list(table.primary_key.columns)
+    return (
+        len(pk) == 1
+        and python_type_of(pk[0]) is int
+        and not getattr(pk[0].type, "unsigned", False)  # BIGINT would not hold them all
+    )
+
+
 def lock_rows(
-    table: Any, identities: Sequence[Values], *, arrays: bool = False
+    table: Any, identities: Sequence[Values], *, shape: LockShape = "in"
 ) -> Iterator[tuple[Select[Any], dict[str, Any]]]:
     """``SELECT pk ... ORDER BY pk FOR UPDATE`` over ``identities``, in primary key order.
 
     Yields each statement with its parameters (the statements are built once per table).
-    ``arrays`` (PostgreSQL): a single-column key is matched with ``= ANY(:array)``,
-    one statement whatever the number of rows, instead of chunks of ``IN``.
+    A single-column key can travel as one parameter, one statement whatever the number
+    of rows, instead of chunks of ``IN``: ``shape="array"`` (PostgreSQL,
+    ``= ANY(:array)``) or, for integers, ``shape="json"`` (MariaDB 10.6+, MySQL 8.0.4+:
+    ``IN (SELECT .. FROM JSON_TABLE(:json, ..))``, when more than one IN list would be
+    needed: for a few keys, IN is quicker).
     """
     pk = tuple(table.primary_key.columns)
     try:
         ordered = sorted(set(identities))
     except TypeError:  # values of mixed types: any fixed total order will do
         ordered = sorted(set(identities), key=repr)
-    if arrays and len(pk) == 1:
-        yield _lock_statement(table, pk, True), {"lock_ids": [v for (v,) in ordered]}
+    if shape == "array" and len(pk) == 1:
+        yield _lock_statement(table, pk, "array"), {"lock_ids": [v for (v,) in ordered]}
         return
-    statement = _lock_statement(table, pk, False)
+    if shape == "json" and len(ordered) > LOCK_CHUNK and json_keys_fit(table):
+        values = json.dumps([int(v) for (v,) in ordered])
+        yield _lock_statement(table, pk, "json"), {"lock_ids": values}
+        return
+    statement = _lock_statement(table, pk, "in")
     for chunk in chunks(ordered, LOCK_CHUNK):
-        values = [v for (v,) in chunk] if len(pk) == 1 else list(chunk)
-        yield statement, {"lock_ids": values}
+        values_in = [v for (v,) in chunk] if len(pk) == 1 else list(chunk)
+        yield statement, {"lock_ids": values_in}

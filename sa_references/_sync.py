@@ -475,17 +475,18 @@ class _Synchronizer:
                 self.holder(state, km)
             for km, rel in plan[1]:
                 self.item(state, km, rel)
-        parents: dict[Mapper[Any], tuple[list[KeyMoves], list[str]]] = {}
+        parents: dict[Mapper[Any], tuple[list[KeyMoves], frozenset[str]]] = {}
         for source, target in self.pairs:
             source_state = instance_state(source)
             source_mapper = source_state.mapper
             found = parents.get(source_mapper)
             if found is None:
-                found = parents[source_mapper] = self.parent_plan_for(source_mapper)
+                keys, listed = self.parent_plan_for(source_mapper)
+                found = parents[source_mapper] = (keys, frozenset(listed))
             keys, names = found
             if id(source) not in self.deleting:
                 loaded, target_loaded = source_state.dict, instance_state(target).dict
-                if not any(n in loaded or n in target_loaded for n in names):
+                if names.isdisjoint(loaded) and names.isdisjoint(target_loaded):
                     continue  # no collection of either is loaded: nothing to bring in step
             for km in keys:
                 self.parent(source, target, km)

@@ -274,3 +274,34 @@ def test_batch_keys_of_a_type_that_processes_values(db: Any) -> None:
             assert connection.execute(stored.select_from(line)).scalar_one() == 4
     finally:
         metadata.drop_all(db.engine)
+
+
+def test_many_rows_locked_by_one_statement(
+    connection: Connection, tables: dict[str, Table], statements: Any
+) -> None:
+    """More keys than one IN list holds: PostgreSQL passes them as an array, MariaDB as one
+    JSON array (JSON_TABLE), so one SELECT ... FOR UPDATE locks them all; a key no row has
+    is still found missing, nothing changed."""
+    group = tables["group"]
+    connection.execute(group.insert(), [{"name": f"bulk{i}"} for i in range(2400)])
+    ids = list(
+        connection.execute(
+            select(group.c.id).where(group.c.name.like("bulk%")).order_by(group.c.id)
+        ).scalars()
+    )
+    pairs = list(zip(ids[1::2], ids[::2]))
+    with statements() as log:
+        report = merge_many(connection, group, pairs)
+    assert report.rowcount == 0 and len(report.pairs) == 1200
+    locks = [s for s in log.sql if "FOR UPDATE" in s]
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        assert len(locks) == 1 and "ANY" in locks[0]
+    elif dialect == "mysql":
+        assert len(locks) == 1 and "JSON_TABLE" in locks[0]
+    else:
+        assert locks == []  # SQLite locks the whole database
+    before = connection.execute(select(func.count()).select_from(group)).scalar_one()
+    with pytest.raises(ReferencesError, match=r"1 key\(s\) not found"):
+        merge_many(connection, group, [(ids[0], 10**9)])
+    assert connection.execute(select(func.count()).select_from(group)).scalar_one() == before
