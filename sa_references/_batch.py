@@ -529,9 +529,22 @@ def _fetch_rows(
     """``columns`` of the rows keyed ``keys``, by key; raises for the rows that do not exist."""
     pk = list(table.primary_key.columns)
     found: dict[Values, dict[AnyColumn, Any]] = {}
-    for chunk in sql.chunks(sorted(keys, key=repr)):
-        for row in bind.execute(select(*pk, *columns).where(sql.identity_in(pk, chunk))):
-            found[tuple(row[: len(pk)])] = dict(zip(columns, row[len(pk) :]))
+    dialect = connection_of(bind).dialect
+    if (
+        len(keys) > sql.IN_CHUNK
+        and dialect.name == "sqlite"
+        and (dialect.server_version_info or ()) >= (3, 38)  # JSON functions built in
+        and sql.json_keys_fit(table)
+    ):
+        statement, params = sql.rows_by_json_keys(table, columns, keys)
+        selected: Iterable[Any] = bind.execute(statement, params)
+    else:
+        selected = itertools.chain.from_iterable(
+            bind.execute(select(*pk, *columns).where(sql.identity_in(pk, chunk)))
+            for chunk in sql.chunks(sorted(keys, key=repr))
+        )
+    for row in selected:
+        found[tuple(row[: len(pk)])] = dict(zip(columns, row[len(pk) :]))
     _refuse_missing(table, {k for k in keys if k not in found})
     return found
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
@@ -423,6 +423,18 @@ def json_keys_fit(table: Any) -> bool:
         and python_type_of(pk[0]) is int
         and not getattr(pk[0].type, "unsigned", False)  # BIGINT would not hold them all
     )
+
+
+def rows_by_json_keys(
+    table: Any, columns: Sequence[AnyColumn], keys: Iterable[Values]
+) -> tuple[Select[Any], dict[str, Any]]:
+    """SQLite: the primary key and ``columns`` of the rows keyed ``keys`` (one integer
+    column, see :func:`json_keys_fit`), the keys passed as one JSON array: one statement
+    where IN lists would take one per few hundred keys."""
+    (pk,) = table.primary_key.columns
+    listed: Select[Any] = select(literal_column("value")).select_from(text("json_each(:json_keys)"))
+    statement = select(pk, *columns).where(pk.in_(listed))
+    return statement, {"json_keys": json.dumps(sorted(int(v) for (v,) in keys))}
 
 
 def lock_rows(

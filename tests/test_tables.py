@@ -280,8 +280,9 @@ def test_many_rows_locked_by_one_statement(
     connection: Connection, tables: dict[str, Table], statements: Any
 ) -> None:
     """More keys than one IN list holds: PostgreSQL passes them as an array, MariaDB as one
-    JSON array (JSON_TABLE), so one SELECT ... FOR UPDATE locks them all; a key no row has
-    is still found missing, nothing changed."""
+    JSON array (JSON_TABLE), so one SELECT ... FOR UPDATE locks them all (SQLite: one SELECT
+    with json_each checks they exist); a key no row has is still found missing, among few
+    keys or many, and nothing changed."""
     group = tables["group"]
     connection.execute(group.insert(), [{"name": f"bulk{i}"} for i in range(2400)])
     ids = list(
@@ -299,9 +300,12 @@ def test_many_rows_locked_by_one_statement(
         assert len(locks) == 1 and "ANY" in locks[0]
     elif dialect == "mysql":
         assert len(locks) == 1 and "JSON_TABLE" in locks[0]
-    else:
-        assert locks == []  # SQLite locks the whole database
+    else:  # SQLite locks the whole database; the rows are checked to exist by one SELECT
+        assert locks == []
+        reads = [s for s in log.sql if re.match(r"SELECT\s.*\sFROM\s\"group\"\s", s, re.S)]
+        assert len(reads) == 1 and "json_each" in reads[0]
     before = connection.execute(select(func.count()).select_from(group)).scalar_one()
-    with pytest.raises(ReferencesError, match=r"1 key\(s\) not found"):
-        merge_many(connection, group, [(ids[0], 10**9)])
+    for missing in ([(ids[0], 10**9)], [*pairs[:-1], (pairs[-1][0], 10**9)]):
+        with pytest.raises(ReferencesError, match=r"1 key\(s\) not found.*1000000000"):
+            merge_many(connection, group, missing)
     assert connection.execute(select(func.count()).select_from(group)).scalar_one() == before
