@@ -178,13 +178,7 @@ class ReferencesSession(Session):
             for source in deferred:
                 _undelete(self, source, deleted)
             super().flush()  # pending rows that reference a source are written first
-            deferred_ids = {id(source) for source in deferred}
-            deleting = [
-                r.source
-                for g in groups
-                for r in g.reports
-                if g.options.delete or id(r.source) in deferred_ids
-            ]
+            deleting = list({id(s): s for g in groups for s in (*g.deleting, *deferred)}.values())
             with savepoint(self):
                 for group in groups:
                     synced = _apply_group(self, group, deleting)
@@ -209,15 +203,19 @@ class ReferencesSession(Session):
     def _take_queue(self) -> list[_Group]:
         """The queued merges by class and options, with their final targets; the queue empties."""
         objects, target_of, options = self._objects, self._chains.target_of, self._options
-        groups: dict[tuple[Mapper[Any], _Options], _Group] = {}
+        groups: dict[tuple[Any, ...], _Group] = {}
         for report in self._queued:
-            source_id = id(report.source)
-            key = (instance_state(report.source).mapper, options[source_id])
+            source = report.source
+            merge = options[id(source)]
+            # ``delete`` is per merge: merges that differ only in it are one batch
+            key = (instance_state(source).mapper, *merge[:1], *merge[2:])
             group = groups.get(key)
             if group is None:
-                group = groups[key] = _Group(key[1])
+                group = groups[key] = _Group(merge)
             group.reports.append(report)
-            group.pairs.append((report.source, objects[target_of[source_id]]))
+            group.pairs.append((source, objects[target_of[id(source)]]))
+            if merge.delete:
+                group.deleting.append(source)
         self._clear_queue()
         return list(groups.values())
 
@@ -226,10 +224,13 @@ class ReferencesSession(Session):
 class _Group:
     """Queued merges of one class with the same options: applied together."""
 
+    #: the first merge's options (``delete`` aside, all of the group's)
     options: _Options
     reports: list[MergeReport] = field(default_factory=list)
     #: (source, final target), chains resolved
     pairs: list[tuple[object, object]] = field(default_factory=list)
+    #: the sources merged with ``delete=True``
+    deleting: list[object] = field(default_factory=list)
 
 
 def _undelete(session: Session, source: object, deleted: Collection[object]) -> None:

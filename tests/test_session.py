@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import sessionmaker
 
@@ -355,3 +355,17 @@ def test_delete_cascade_after_queueing_keeps_moved_rows(rsession: ReferencesSess
     assert coupon in rsession and coupon.customer is b
     codes = rsession.execute(select(Coupon.customer_code)).scalars().all()
     assert codes == [b.code]
+
+
+def test_merges_differing_only_in_delete_are_one_batch(
+    rsession: ReferencesSession, statements: Any
+) -> None:
+    a, b, c, d = customers(rsession, 4)
+    ra = a.merge_into(b, delete=True)
+    rc = c.merge_into(d)
+    with statements() as log:
+        rsession.flush()
+    assert ra.batch is rc.batch
+    assert log.count("UPDATE") <= len(referencing_keys(Customer))
+    assert inspect(a).was_deleted and not inspect(c).was_deleted
+    assert set(owners(rsession).values()) == {b.id, d.id}
