@@ -490,10 +490,11 @@ def _pairs_of(pairs: Iterable[Any]) -> list[tuple[Any, Any]]:
         raise ArgumentError(f"pairs must be an iterable of (source, target) keys; got {pairs!r}")
     checked = []
     for pair in pairs:
-        if isinstance(pair, (str, bytes, Mapping)) or not isinstance(pair, Sequence):
-            raise ArgumentError(f"each pair must be a (source, target) sequence; got {pair!r}")
-        if len(pair) != 2:
-            raise ArgumentError(f"each pair must hold 2 keys (source, target); got {pair!r}")
+        if type(pair) is not tuple or len(pair) != 2:  # the usual case, checked cheaply
+            if isinstance(pair, (str, bytes, Mapping)) or not isinstance(pair, Sequence):
+                raise ArgumentError(f"each pair must be a (source, target) sequence; got {pair!r}")
+            if len(pair) != 2:
+                raise ArgumentError(f"each pair must hold 2 keys (source, target); got {pair!r}")
         checked.append((pair[0], pair[1]))
     return checked
 
@@ -509,26 +510,50 @@ def _referred_values(
 
     ``missing``: the rows the locks did not find (None: no lock looked, on
     SQLite).  When every key refers to primary key columns, the values come
-    from the keys themselves, and rows are only read where no lock looked.
+    from the keys themselves, and rows are only read where no lock looked
+    (their keys only).
     """
     pk = list(table.primary_key.columns)
     position = {c: i for i, c in enumerate(pk)}
-    wanted = [c for key in keys for c in key.referred_columns if c not in position]
-    if not wanted and missing is not None:
+    wanted = list(dict.fromkeys(c for k in keys for c in k.referred_columns if c not in position))
+    if not wanted:
+        if missing is None:
+            found = {tuple(row) for row in _select_rows(bind, table, identities, [])}
+            missing = {k for k in identities if k not in found}
         _refuse_missing(table, missing)
-        return lambda k, columns: tuple(k[position[c]] for c in columns)
-    rows = _fetch_rows(bind, table, identities, list(dict.fromkeys(wanted)))
+        return _key_reader(position)
+    rows: dict[Values, dict[AnyColumn, Any]] = {}
+    for row in _select_rows(bind, table, identities, wanted):
+        rows[tuple(row[: len(pk)])] = dict(zip(wanted, row[len(pk) :]))
+    _refuse_missing(table, {k for k in identities if k not in rows})
     return lambda k, columns: tuple(
         k[position[c]] if c in position else rows[k][c] for c in columns
     )
 
 
-def _fetch_rows(
+def _key_reader(
+    position: Mapping[AnyColumn, int],
+) -> Callable[[Values, tuple[AnyColumn, ...]], Values]:
+    """Referred values taken from the keys themselves (every column is a key column)."""
+    positions_of: dict[tuple[AnyColumn, ...], tuple[int, ...]] = {}
+
+    def read(key: Values, columns: tuple[AnyColumn, ...]) -> Values:
+        try:
+            at = positions_of[columns]
+        except KeyError:
+            at = positions_of[columns] = tuple(position[c] for c in columns)
+        if len(at) == 1:
+            return (key[at[0]],)
+        return tuple([key[i] for i in at])
+
+    return read
+
+
+def _select_rows(
     bind: Bind, table: Table, keys: set[Values], columns: Sequence[AnyColumn]
-) -> dict[Values, dict[AnyColumn, Any]]:
-    """``columns`` of the rows keyed ``keys``, by key; raises for the rows that do not exist."""
+) -> Iterable[Any]:
+    """The primary key and ``columns`` of the rows keyed ``keys`` (those that exist)."""
     pk = list(table.primary_key.columns)
-    found: dict[Values, dict[AnyColumn, Any]] = {}
     dialect = connection_of(bind).dialect
     if (
         len(keys) > sql.IN_CHUNK
@@ -537,16 +562,11 @@ def _fetch_rows(
         and sql.json_keys_fit(table)
     ):
         statement, params = sql.rows_by_json_keys(table, columns, keys)
-        selected: Iterable[Any] = bind.execute(statement, params)
-    else:
-        selected = itertools.chain.from_iterable(
-            bind.execute(select(*pk, *columns).where(sql.identity_in(pk, chunk)))
-            for chunk in sql.chunks(sorted(keys, key=repr))
-        )
-    for row in selected:
-        found[tuple(row[: len(pk)])] = dict(zip(columns, row[len(pk) :]))
-    _refuse_missing(table, {k for k in keys if k not in found})
-    return found
+        return bind.execute(statement, params)
+    return itertools.chain.from_iterable(
+        bind.execute(select(*pk, *columns).where(sql.identity_in(pk, chunk)))
+        for chunk in sql.chunks(sorted(keys, key=repr))
+    )
 
 
 def _refuse_missing(table: Table, missing: set[Values]) -> None:
