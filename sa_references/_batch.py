@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from . import _statements as sql
 from ._errors import MergeConflictError, ReferencesError
-from ._keys import AnyColumn, ReferencingKey, python_type_of, reference_graph
+from ._keys import AnyColumn, ReferencingKey, reference_graph
 from ._merge import key_normaliser
 from ._repoint import (
     Bind,
@@ -162,7 +162,7 @@ class _TemporaryTables:
     def mapping(self, columns: Sequence[AnyColumn], pairs: Mapping[Values, Values]) -> Any:
         """The pairs as rows ``(src_0.., tgt_0..)``: a temporary table or, on PostgreSQL
         with integer or string columns, ``unnest()`` of one array per column (no table)."""
-        if self.connection.dialect.name == "postgresql" and sql.arrays_fit(columns):
+        if self.connection.dialect.name == "postgresql" and sql.plain_values(columns):
             return sql.unnest_mapping(columns, pairs)
         names = [(f"src_{i}", c) for i, c in enumerate(columns)]
         names += [(f"tgt_{i}", c) for i, c in enumerate(columns)]
@@ -202,10 +202,8 @@ def _insert_rows(connection: Connection, table: Table, rows: Sequence[Values]) -
     """
     dialect = connection.dialect
     names = [c.key for c in table.columns]
-    raw = all(
-        python_type_of(c) in (int, str)
-        and c.type.dialect_impl(dialect).bind_processor(dialect) is None
-        for c in table.columns
+    raw = sql.plain_values(table.columns) and all(
+        c.type.dialect_impl(dialect).bind_processor(dialect) is None for c in table.columns
     )
     if not raw:
         connection.execute(table.insert(), [dict(zip(names, row)) for row in rows])

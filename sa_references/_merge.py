@@ -70,17 +70,9 @@ def session_of(source: object, target: object) -> Session:
             f"cannot merge a {source_mapper.class_.__name__} into a "
             f"{target_mapper.class_.__name__}: the target must be of the source's class"
         )
-    pending = getattr(session, "_deleted", None)
-    if (
-        source_state.was_deleted  # deleted by a flush
-        or target_state.was_deleted
-        or not isinstance(pending, dict)  # not a Session as this version has it
-        or source_state in pending  # marked by session.delete()
-        or target_state in pending
-    ):
-        for role, state in (("source", source_state), ("target", target_state)):
-            if state.was_deleted or marked_for_deletion(session, state):
-                raise ReferencesError(f"{role} {describe(state)} is deleted")
+    for role, state in (("source", source_state), ("target", target_state)):
+        if state.was_deleted or marked_for_deletion(session, state):
+            raise ReferencesError(f"{role} {describe(state)} is deleted")
     return session
 
 
@@ -108,22 +100,11 @@ def referred_values(obj: object, columns: Sequence[AnyColumn]) -> Values:
     return tuple(values)
 
 
-def known_values(obj: object, columns: tuple[AnyColumn, ...]) -> Values:
-    """:func:`referred_values`, read from the identity key when the columns are the primary key.
-
-    No refresh SELECT is needed for expired objects when merging many at once.
-    """
-    state = attributes.instance_state(obj)
-    positions = _identity_positions(state.mapper, columns)
-    if positions is not None and state.key is not None:
-        identity = state.key[1]
-        return tuple(identity[i] for i in positions)
-    return referred_values(obj, columns)
-
-
 def identity_values_reader() -> Callable[[object, tuple[AnyColumn, ...]], Values]:
-    """:func:`known_values`, for many objects: where the values sit in the identity
-    key is looked up once per class and columns."""
+    """How to read many objects' values of referred columns: from the identity key when
+    the columns are primary key columns (no refresh SELECT for expired objects), else
+    from the object (:func:`referred_values`).  Where the values sit in the identity key
+    is looked up once per class and columns."""
     positions_of: dict[tuple[Mapper[Any], tuple[AnyColumn, ...]], tuple[int, ...] | None] = {}
 
     def read(obj: object, columns: tuple[AnyColumn, ...]) -> Values:

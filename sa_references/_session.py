@@ -178,7 +178,8 @@ class ReferencesSession(Session):
             for source in deferred:
                 _undelete(self, source, deleted)
             super().flush()  # pending rows that reference a source are written first
-            deleting = list({id(s): s for g in groups for s in (*g.deleting, *deferred)}.values())
+            asked = (source for group in groups for source in group.deleting)
+            deleting = list({id(s): s for s in (*asked, *deferred)}.values())  # each once
             with savepoint(self):
                 for group in groups:
                     synced = _apply_group(self, group, deleting)

@@ -225,8 +225,9 @@ def nullify(key: ReferencingKey, holder: Values, source: Values) -> Update:
 # already-assigned columns.
 
 
-def arrays_fit(columns: Sequence[AnyColumn]) -> bool:
-    """Whether values of ``columns`` travel as plain PostgreSQL arrays (integers, strings)."""
+def plain_values(columns: Iterable[AnyColumn]) -> bool:
+    """Whether values of ``columns`` are integers or strings: they travel as they are
+    (PostgreSQL arrays, rows handed to the driver)."""
     return all(python_type_of(c) in (int, str) for c in columns)
 
 
