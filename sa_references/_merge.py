@@ -236,8 +236,10 @@ def merge_into(
     try:
         # reads too: a failed read leaves the session usable; a dry run is rolled back
         # Core statements on the session's connection for the source's class (the
-        # savepoint's): the ORM's execute() adds nothing to them
-        with repoint.savepoint(session, rollback=dry_run, mapper=source_mapper) as bind:
+        # savepoint's): the ORM's execute() adds nothing to them; only delete= flushes
+        # the ORM inside, and needs the Session's own nested transaction
+        orm = delete or dry_run
+        with repoint.savepoint(session, rollback=dry_run, mapper=source_mapper, orm=orm) as bind:
             lock_objects(bind, [source, target])
             plans = repoint.plan(
                 bind,
@@ -388,7 +390,7 @@ def merge_rows(
     pk = list(table.primary_key.columns)
     graph = reference_graph(table.metadata)
     report = MergeReport(source_key, target_key, dry_run=dry_run)
-    with repoint.savepoint(bind, rollback=dry_run):
+    with repoint.savepoint(bind, rollback=dry_run, orm=False):
         repoint.lock_rows(bind, table, [source_key, target_key])
         source_row = fetch_row(bind, table, source_key, "source")
         target_row = fetch_row(bind, table, target_key, "target")

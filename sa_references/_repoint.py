@@ -8,6 +8,7 @@ tables share one implementation.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -72,7 +73,7 @@ def dialect_of(bind: Bind) -> Dialect:
 
 @contextlib.contextmanager
 def savepoint(
-    bind: Bind, *, rollback: bool = False, mapper: Mapper[Any] | None = None
+    bind: Bind, *, rollback: bool = False, mapper: Mapper[Any] | None = None, orm: bool = True
 ) -> Iterator[Connection]:
     """A SAVEPOINT that a later rollback of the enclosing transaction still undoes.
 
@@ -90,8 +91,18 @@ def savepoint(
     ``mapper``: for a Session, the SAVEPOINT is opened on the connection the
     session binds ``mapper`` to (a session may bind classes to several engines).
     That connection is what the block gets (``with savepoint(...) as connection``).
+
+    ``orm=False``: the block runs Core statements only (no ORM flush), so the
+    SAVEPOINT is the connection's own rather than a Session's nested transaction;
+    on MySQL/MariaDB it is then never released (:func:`_unreleased_savepoint`).
     """
     connection = connection_of(bind, mapper)
+    if not orm and not rollback and connection.dialect.name == "mysql":
+        with _unreleased_savepoint(connection):
+            yield connection
+        return
+    if not orm:
+        bind = connection
     if connection.dialect.name == "sqlite":
         driver_connection = connection.connection.driver_connection
         if getattr(driver_connection, "in_transaction", True) is False:
@@ -114,6 +125,34 @@ def savepoint(
     except BaseException:
         _undo(connection, nested, opened)
         raise
+
+
+#: open unreleased savepoints per connection: the nesting level names the next one
+_unreleased_depth: weakref.WeakKeyDictionary[Connection, int] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _unreleased_savepoint(connection: Connection) -> Iterator[None]:
+    """MySQL/MariaDB: a SAVEPOINT that is never released, one round trip fewer per merge.
+
+    Setting a savepoint under a name already set replaces it there (PostgreSQL
+    and SQLite would stack them), and COMMIT or ROLLBACK drops them all; so one
+    name per nesting level is set again by every single merge.  A failing block
+    is rolled back to it; when that fails too (a deadlock already rolled the
+    whole transaction back), the block's error is the one that propagates.
+    """
+    depth = _unreleased_depth.get(connection, 0)
+    name = f"sa_references_{depth}"
+    connection.exec_driver_sql(f"SAVEPOINT {name}")
+    _unreleased_depth[connection] = depth + 1
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(DBAPIError):
+            connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+        raise
+    finally:
+        _unreleased_depth[connection] = depth
 
 
 def _undo(

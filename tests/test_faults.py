@@ -391,6 +391,8 @@ def faults_for(
 
 
 OPS = list(OPERATIONS)
+#: single merges with no ORM flush inside: on MariaDB their SAVEPOINT is never released
+UNRELEASED_ON_MYSQL = ("merge_into_fetch", "merge_rows", "merge_rows_delete")
 MODES = ["database", "python"]
 
 
@@ -441,9 +443,14 @@ def test_a_failed_write_names_its_key(db: Backend, fault_runs: Any, name: str) -
 def test_a_failing_release_undoes_the_merge(
     db: Backend, fault_runs: Any, name: str, mode: str
 ) -> None:
-    """SQLAlchemy sends no ROLLBACK TO SAVEPOINT after a failed RELEASE: the merge must."""
+    """SQLAlchemy sends no ROLLBACK TO SAVEPOINT after a failed RELEASE: the merge must.
+
+    On MariaDB a single merge (no ORM flush inside) never releases its SAVEPOINT."""
     faults = faults_for(db, fault_runs, name, mode)
     releases = [f for f in faults if f.releasing]
+    if db.dialect == "mysql" and name in UNRELEASED_ON_MYSQL:
+        assert releases == []
+        return
     assert releases
     assert [f.unchanged for f in releases] == [True] * len(releases)
     assert [f.usable for f in releases] == [None] * len(releases)
@@ -451,18 +458,20 @@ def test_a_failing_release_undoes_the_merge(
 
 @pytest.mark.parametrize("name", ["merge_into", "merge_rows"])
 def test_a_failed_rollback_after_a_failed_release_keeps_the_release_error(
-    session: Session, name: str
+    db: Backend, session: Session, name: str
 ) -> None:
     """When the whole transaction is gone (a MariaDB deadlock rolls it back), the ROLLBACK TO
-    SAVEPOINT sent after a failed RELEASE fails too: the RELEASE's error is the one raised."""
+    SAVEPOINT sent after a failed RELEASE fails too: the RELEASE's error is the one raised.
+    (On MariaDB, which sends no RELEASE here, the last UPDATE fails in its place.)"""
     shop = build_shop(session)
     failed: list[str] = []
+    last = "UPDATE zz_trap" if db.dialect == "mysql" else "RELEASE"
 
     def hook(
         conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
     ) -> tuple[str, Any]:
         verb = statement.lstrip().upper()
-        for prefix, table in (("RELEASE", "release_failed"), ("ROLLBACK TO", "rollback_failed")):
+        for prefix, table in ((last.upper(), "release_failed"), ("ROLLBACK TO", "rollback_failed")):
             if verb.startswith(prefix):
                 failed.append(prefix)
                 return f"SELECT 1 FROM sa_references_{table}", type(params)()
@@ -478,7 +487,7 @@ def test_a_failed_rollback_after_a_failed_release_keeps_the_release_error(
                 merge_rows(session.connection(), CUSTOMER, shop.dupe.id, shop.keeper.id, **OPTIONS)
     finally:
         event.remove(engine, "before_cursor_execute", hook)
-    assert failed == ["RELEASE", "ROLLBACK TO"]
+    assert failed == [last.upper(), "ROLLBACK TO"]
     assert "sa_references_release_failed" in str(info.value)
 
 

@@ -441,6 +441,105 @@ def test_failure_midway_leaves_nothing_half_done(session: Session, shop: dict[st
     assert session.execute(select(func.count()).select_from(Order)).scalar_one() == 5
 
 
+def test_a_failed_merge_keeps_the_earlier_merges_of_the_transaction(
+    session: Session, shop: dict[str, Any]
+) -> None:
+    """Each merge has its own SAVEPOINT (on MariaDB one name, set again by every merge):
+    a failing merge undoes itself only."""
+    dupe, keeper, other = shop["dupe"], shop["keeper"], shop["other"]
+    other.merge_into(keeper)
+    session.add(Trap(customer_id=dupe.id, armed=True))
+    session.flush()
+    after_first = snapshot(session)
+    with pytest.raises(DBAPIError):
+        dupe.merge_into(keeper, on_conflict="delete")
+    assert snapshot(session) == after_first
+    assert session.execute(select(Order.customer_id).where(Order.note == "o1")).scalar_one() == (
+        keeper.id
+    )
+    session.execute(Trap.__table__.delete())  # the trap refuses any update of an armed row
+    dupe.merge_into(keeper, on_conflict="delete")
+    assert {c for (c,) in session.execute(select(Order.customer_id))} == {keeper.id}
+
+
+def test_a_failed_merge_inside_the_callers_savepoint(
+    session: Session, shop: dict[str, Any]
+) -> None:
+    """A merge before the caller's SAVEPOINT, a failing one and a good one inside it: the
+    failure undoes itself only, and the caller's SAVEPOINT still works both ways."""
+    dupe, keeper, other = shop["dupe"], shop["keeper"], shop["other"]
+    other.merge_into(keeper)
+    session.add(Trap(customer_id=dupe.id, armed=True))
+    session.flush()
+    after_first = snapshot(session)
+    nested = session.begin_nested()
+    with pytest.raises(DBAPIError):
+        dupe.merge_into(keeper, on_conflict="delete")
+    assert snapshot(session) == after_first
+    session.execute(Trap.__table__.delete())  # the trap refuses any update of an armed row
+    dupe.merge_into(keeper, on_conflict="delete")
+    nested.rollback()
+    assert snapshot(session) == after_first  # the caller's rollback undid the good merge
+    session.execute(Trap.__table__.delete())
+    with session.begin_nested():
+        dupe.merge_into(keeper, on_conflict="delete")
+    assert {c for (c,) in session.execute(select(Order.customer_id))} == {keeper.id}
+
+
+def test_the_savepoint_of_a_single_merge(
+    db: Any, session: Session, shop: dict[str, Any], statements: Any
+) -> None:
+    """Released after each merge, except on MariaDB/MySQL: setting a savepoint again under
+    the same name replaces it there, and COMMIT drops it, so the RELEASE round trip is saved."""
+    dupe, keeper, other = shop["dupe"], shop["keeper"], shop["other"]
+    with statements() as log:
+        other.merge_into(keeper)
+        dupe.merge_into(keeper, on_conflict="delete")
+    opened = [s for s in log.all if s.upper().startswith("SAVEPOINT")]
+    released = [s for s in log.all if s.upper().startswith("RELEASE")]
+    assert len(opened) == 2
+    if db.dialect == "mysql":
+        assert opened == ["SAVEPOINT sa_references_0"] * 2 and released == []
+    else:
+        assert [s.split()[-1] for s in released] == [s.split()[-1] for s in opened]
+    # a merge that deletes its source flushes the ORM inside: the Session's own SAVEPOINT
+    with statements() as log:
+        spare = Customer(name="spare", code="S")
+        session.add(spare)
+        session.flush()
+        spare.merge_into(keeper, delete=True)
+    assert [s for s in log.all if s.upper().startswith("RELEASE")]
+
+
+def test_savepoints_nest(session: Session, shop: dict[str, Any]) -> None:
+    """The savepoint of a single merge inside another: each undoes its own block only
+    (on MariaDB each nesting level has its own name, reused merge after merge)."""
+    from sa_references._repoint import savepoint
+
+    connection = session.connection()
+    table = Customer.__table__
+    names = select(table.c.name).where(table.c.id == shop["other"].id)
+
+    def rename(name: str) -> None:
+        connection.execute(table.update().where(table.c.id == shop["other"].id).values(name=name))
+
+    with savepoint(connection, orm=False):
+        rename("outer")
+        with pytest.raises(RuntimeError), savepoint(connection, orm=False):
+            rename("inner")
+            raise RuntimeError("inner block fails")
+        assert connection.execute(names).scalar_one() == "outer"
+        with savepoint(connection, orm=False):
+            rename("inner again")
+    assert connection.execute(names).scalar_one() == "inner again"
+    with pytest.raises(RuntimeError), savepoint(connection, orm=False):
+        rename("outer 2")
+        with savepoint(connection, orm=False):
+            rename("inner 2")
+        raise RuntimeError("outer block fails after the inner one succeeded")
+    assert connection.execute(names).scalar_one() == "inner again"
+
+
 def test_failure_in_delete_undoes_the_merge(session: Session, shop: dict[str, Any]) -> None:
     from sqlalchemy import event
 

@@ -194,11 +194,12 @@ def snapshot(session: Session) -> dict[str, list[tuple[Any, ...]]]:
 def test_five_keys_of_five_tables(
     db: Backend, session: Session, hubs: tuple[Hub, Hub], statements: Any
 ) -> None:
-    """SAVEPOINT, the lock, one statement for every key, RELEASE: 4 statements on PostgreSQL."""
+    """SAVEPOINT, the lock, one statement for every key, RELEASE: 4 statements on PostgreSQL;
+    on MariaDB the SAVEPOINT is never released (7), on SQLite nothing is locked (7)."""
     dupe, keeper = hubs
     with statements() as log:
         report = merge_into(dupe, keeper)
-    expected = {"postgresql": 4, "mysql": 8, "sqlite": 7}[db.dialect]
+    expected = {"postgresql": 4, "mysql": 7, "sqlite": 7}[db.dialect]
     assert len(log.all) == expected, log.all
     assert [r.key.table.name for r in report] == list(HUB_TABLES)
     assert [r.repointed for r in report] == [1, 2, 3, 4, 5]
