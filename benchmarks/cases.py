@@ -11,6 +11,10 @@
 ``scaling``
     The batch contenders and both loops at every ``--n``; a loop whose
     predicted time per run exceeds ``--budget`` seconds is skipped for time.
+
+    ``batch`` and ``scaling`` also take the database server's own execution
+    time of the best hand-written set-based UPDATEs (PostgreSQL and MariaDB;
+    kind ``server``, see :mod:`benchmarks.server`): a floor no client can beat.
 ``dependents``
     ``dependents(obj)`` iterated and counted against the peer's
     ``dependent_objects(obj)``, for a sample of customers.
@@ -37,7 +41,15 @@ from sqlalchemy.orm import Session
 import sa_references
 
 from . import contenders as c
-from .measure import Entry, Kind, Result, StatementCounter, measure_round_robin
+from . import server as s
+from .measure import (
+    Entry,
+    Kind,
+    Result,
+    StatementCounter,
+    measure_round_robin,
+    record_failure,
+)
 from .schema import Dataset, Models, VerificationError, build_models, load, verify
 
 #: in the order they run: the heavy scaling case last, so that the database's
@@ -177,10 +189,16 @@ def run_merges(
     n: int,
     unrelated: int | None = None,
     memory: bool = True,
+    server: bool = False,
 ) -> list[Result]:
-    """Measure merge contenders at ``n``, interleaved; reuse measurements from other cases."""
+    """Measure merge contenders at ``n``, interleaved; reuse measurements from other cases.
+
+    With ``server``, the server's execution time of the hand-written SQL is measured with
+    them (not on SQLite): after the hand-written contenders in the results.
+    """
     results: list[Result] = []
     entries: list[Entry] = []
+    timed: Result | None = None
     for contender in contenders:
         key = (contender.name, contender.variant, n)
         if key in ctx.merges:
@@ -216,8 +234,53 @@ def run_merges(
                 traced,
             )
         )
+    if server and s.applies(ctx.backend.dialect):
+        result, timed = _server_entry(ctx, case, models, n, entries)
+        hand = [i for i, r in enumerate(results) if r.kind == "hand-written"]
+        results.insert(hand[-1] + 1 if hand else len(results), result)
     measure_round_robin(entries, ctx.counter, ctx.options.repeat, time_cap=ctx.options.budget / 3)
+    if timed is not None and timed.ok and ctx.backend.dialect == "postgresql":
+        try:
+            _trigger_run(ctx, models, n, timed)
+        except Exception as error:
+            record_failure(timed, error)
     return [ctx.add(dataclasses.replace(result, case=case)) for result in results]
+
+
+def _new_server_trial(ctx: Context, models: Models, n: int, timing: bool = False) -> s.ServerTrial:
+    data = load(ctx.engine, models, n, ctx.options.rows_per_record)
+    return s.ServerTrial(ctx.engine.connect, models, data, timing)
+
+
+def _server_entry(
+    ctx: Context, case: str, models: Models, n: int, entries: list[Entry]
+) -> tuple[Result, Result | None]:
+    """The server-time result at ``n`` (reused if measured), and it again if it is to run."""
+    variant = s.VARIANTS[ctx.backend.dialect]
+    key = (s.SERVER, variant, n)
+    if key in ctx.merges:
+        return ctx.merges[key], None
+    result = Result(case, ctx.backend.name, s.SERVER, "server", n, "merge", n, variant=variant)
+    ctx.merges[key] = result
+    result.skipped = s.unavailable(ctx.backend.name, ctx.backend.dialect)
+    if result.skipped is not None:
+        return result, None
+    # self-timed: the action returns the server's reported time, not the wall clock
+    entries.append(Entry(result, functools.partial(_new_server_trial, ctx, models, n), False))
+    return result, result
+
+
+def _trigger_run(ctx: Context, models: Models, n: int, result: Result) -> None:
+    """PostgreSQL: one more run with per-node timing on, for the time in the triggers."""
+    trial = _new_server_trial(ctx, models, n, timing=True)
+    try:
+        trial.prepare()()
+    finally:
+        trial.close()
+    trial.verify()
+    assert trial.reported is not None
+    result.trigger_seconds = trial.reported.triggers
+    result.trigger_run_seconds = trial.reported.execution
 
 
 def single(ctx: Context) -> None:
@@ -237,7 +300,8 @@ def batch(ctx: Context) -> None:
     n = min(ctx.options.sizes)
     models = build_models()
     try:
-        run_merges(ctx, "batch", models, batch_contenders(ctx.backend.dialect, models), n)
+        contenders = batch_contenders(ctx.backend.dialect, models)
+        run_merges(ctx, "batch", models, contenders, n, server=True)
     finally:
         models.dispose()
 
@@ -247,7 +311,7 @@ def scaling(ctx: Context) -> None:
     try:
         for n in sorted(ctx.options.sizes):
             contenders = [*batch_contenders(ctx.backend.dialect, models), c.MERGE_INTO]
-            run_merges(ctx, "scaling", models, contenders, n)
+            run_merges(ctx, "scaling", models, contenders, n, server=True)
     finally:
         models.dispose()
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.orm import Session
 
 import sa_references
@@ -160,7 +160,8 @@ def _quote(connection: Connection, name: str) -> str:
     return connection.dialect.identifier_preparer.quote(name)
 
 
-def _temp_table(connection: Connection, models: Models, pairs: Sequence[Pair]) -> None:
+def create_merge_map(connection: Connection, pairs: Sequence[Pair]) -> None:
+    """The temporary mapping table ``merge_map (src PRIMARY KEY, tgt)``, filled with ``pairs``."""
     dialect = connection.dialect.name
     if dialect == "postgresql":
         create = (
@@ -178,22 +179,35 @@ def _temp_table(connection: Connection, models: Models, pairs: Sequence[Pair]) -
     connection.exec_driver_sql(insert, list(pairs))
     if dialect == "postgresql":
         connection.exec_driver_sql("ANALYZE merge_map")
-    for table in models.referencing_tables:
-        t = _quote(connection, table.name)
-        if dialect == "mysql":
-            statement = (
-                f"UPDATE {t} JOIN merge_map ON {t}.customer_id = merge_map.src "
-                f"SET {t}.customer_id = merge_map.tgt"
-            )
-        else:
-            statement = (
-                f"UPDATE {t} SET customer_id = merge_map.tgt FROM merge_map "
-                f"WHERE {t}.customer_id = merge_map.src"
-            )
-        connection.exec_driver_sql(statement)
+
+
+def temp_table_update(connection: Connection, table: Table) -> str:
+    """The UPDATE of ``table`` joined to ``merge_map``."""
+    t = _quote(connection, table.name)
+    if connection.dialect.name == "mysql":
+        return (
+            f"UPDATE {t} JOIN merge_map ON {t}.customer_id = merge_map.src "
+            f"SET {t}.customer_id = merge_map.tgt"
+        )
+    return (
+        f"UPDATE {t} SET customer_id = merge_map.tgt FROM merge_map "
+        f"WHERE {t}.customer_id = merge_map.src"
+    )
+
+
+def drop_merge_map(connection: Connection) -> None:
+    """Drop ``merge_map`` (on PostgreSQL it goes with the commit: ON COMMIT DROP)."""
+    dialect = connection.dialect.name
     if dialect != "postgresql":
         temporary = "TEMPORARY " if dialect == "mysql" else ""
         connection.exec_driver_sql(f"DROP {temporary}TABLE merge_map")
+
+
+def _temp_table(connection: Connection, models: Models, pairs: Sequence[Pair]) -> None:
+    create_merge_map(connection, pairs)
+    for table in models.referencing_tables:
+        connection.exec_driver_sql(temp_table_update(connection, table))
+    drop_merge_map(connection)
 
 
 def _values(connection: Connection, models: Models, pairs: Sequence[Pair]) -> None:
@@ -214,17 +228,24 @@ def _values(connection: Connection, models: Models, pairs: Sequence[Pair]) -> No
         connection.exec_driver_sql(statement)
 
 
+def unnest_update(connection: Connection, table: Table) -> str:
+    """The UPDATE of ``table`` from the arrays ``%(src)s`` and ``%(tgt)s``."""
+    t = _quote(connection, table.name)
+    return (
+        f"UPDATE {t} SET customer_id = v.tgt "
+        "FROM unnest(%(src)s::integer[], %(tgt)s::integer[]) AS v(src, tgt) "
+        f"WHERE {t}.customer_id = v.src"
+    )
+
+
+def unnest_parameters(pairs: Sequence[Pair]) -> dict[str, list[int]]:
+    return {"src": [s for s, _ in pairs], "tgt": [t for _, t in pairs]}
+
+
 def _unnest(connection: Connection, models: Models, pairs: Sequence[Pair]) -> None:
-    sources = [s for s, _ in pairs]
-    targets = [t for _, t in pairs]
+    parameters = unnest_parameters(pairs)
     for table in models.referencing_tables:
-        t = _quote(connection, table.name)
-        connection.exec_driver_sql(
-            f"UPDATE {t} SET customer_id = v.tgt "
-            "FROM unnest(%(src)s::integer[], %(tgt)s::integer[]) AS v(src, tgt) "
-            f"WHERE {t}.customer_id = v.src",
-            {"src": sources, "tgt": targets},
-        )
+        connection.exec_driver_sql(unnest_update(connection, table), parameters)
 
 
 #: the SQL of one hand-written variant, run on a connection in a transaction

@@ -36,7 +36,9 @@ from sqlalchemy import Engine, event
 
 from .schema import VerificationError
 
-Kind = Literal["ours", "peer", "hand-written"]
+#: "server": not a contender but the database server's own reported execution time of
+#: the hand-written SQL (see :mod:`benchmarks.server`)
+Kind = Literal["ours", "peer", "hand-written", "server"]
 
 
 class Trial(Protocol):
@@ -79,6 +81,10 @@ class Result:
     #: the run starts from objects loaded in a Session and ends with its commit (which
     #: expires them); otherwise from a list of pairs, on a connection of its own
     session: bool = False
+    #: kind "server" on PostgreSQL, from one extra run with per-node timing on (the only way
+    #: it reports trigger time): seconds in foreign-key triggers, and that run's execution time
+    trigger_seconds: float | None = None
+    trigger_run_seconds: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -22,6 +22,7 @@ import sa_references
 
 from .cases import Backend, Options
 from .measure import Result
+from .server import SERVER
 
 QUEUED = "ReferencesSession"
 CORE_BATCH = "merge_many"
@@ -205,6 +206,30 @@ def speedup_vs_peer(results: Sequence[Result], result: Result) -> float | None:
     return peer.median / result.median if peer else None
 
 
+def server_floor(results: Sequence[Result], result: Result) -> float | None:
+    """Peer time / the server's execution time of the hand-written SQL: the largest speed-up
+    over the peer any client could reach (``result`` of kind "server")."""
+    if result.kind != "server" or not result.ok or result.median <= 0:
+        return None
+    peer = _find(results, result.backend, PEER_LOOP, result.n)
+    return peer.median / result.median if peer else None
+
+
+def server_share(results: Sequence[Result], result: Result) -> float | None:
+    """The server's execution time / the best hand-written SQL's time on a connection."""
+    if result.kind != "server" or not result.ok:
+        return None
+    best = best_hand_written(results, result.backend, result.n, session=False)
+    return result.median / best.median if best else None
+
+
+def trigger_share(result: Result) -> float | None:
+    """The part of the server's execution time spent in (foreign-key) triggers: PostgreSQL."""
+    if result.trigger_seconds is None or not result.trigger_run_seconds:
+        return None
+    return result.trigger_seconds / result.trigger_run_seconds
+
+
 def versus_hand_written(
     results: Sequence[Result], result: Result, session: bool | None = None
 ) -> float | None:
@@ -345,6 +370,19 @@ def targets(results: Sequence[Result], backends: Sequence[Backend]) -> list[dict
                 ),
                 None,
             )
+        server = sorted((r for r in mine if r.kind == "server"), key=lambda r: r.n)
+        if server:  # none on SQLite: no server
+            floors = [(f, r.n) for r in server if (f := server_floor(results, r)) is not None]
+            skipped = next((r.skipped or r.error for r in server if not r.ok), None)
+            add(
+                "context: server execution of the best set-based UPDATEs vs the peer loop "
+                "(no client can be faster than this)",
+                backend,
+                "; ".join(f"{times(f)} at N={n:,}" for f, n in floors)
+                if floors
+                else skipped or "no measurement with both",
+                None,
+            )
         queued = next(
             (r for r in mine if r.contender == QUEUED and r.n == MEMORY_N and r.peak_bytes), None
         )
@@ -382,13 +420,14 @@ def _merge_rows(
             row = [result.backend, name, f"{result.n:,}", _status(result)]
             rows.append(row + [""] * (width - len(row)))
             continue
+        statements = result.statement_count
         row = [
             result.backend,
             name,
             f"{result.n:,}",
             seconds(result.median),
             seconds(result.per_operation),
-            f"{result.statement_count:,}",
+            "-" if statements is None else f"{statements:,}",
             mebibytes(result.peak_bytes),
         ]
         if growth:
@@ -399,8 +438,13 @@ def _merge_rows(
                 if before and before.statement_count
                 else "-"
             )
-        row.append(times(speedup_vs_peer(results, result)))
-        row.append(times(versus_hand_written(results, result)))
+        if result.kind == "server":
+            floor = server_floor(results, result)
+            row.append("-" if floor is None else f"{times(floor)} (ceiling)")
+            row.append(times(server_share(results, result)))
+        else:
+            row.append(times(speedup_vs_peer(results, result)))
+            row.append(times(versus_hand_written(results, result)))
         row.append(str(len(result.times)))
         rows.append(row)
         previous[ident] = result
@@ -467,6 +511,7 @@ def markdown(
         lines += ["### Merge, batch: N merges at once", ""]
         lines += _table(MERGE_HEADER, _merge_rows(results, by_case["batch"], growth=False))
         lines.append("")
+        lines += _server_note(results, by_case["batch"])
     if "scaling" in by_case:
         lines += [
             "### Scaling with N",
@@ -539,12 +584,50 @@ def markdown(
     return "\n".join(lines)
 
 
+def _server_note(results: Sequence[Result], selected: Sequence[Result]) -> list[str]:
+    """What the server rows of a table are, and each one's numbers (none on SQLite)."""
+    server = [r for r in selected if r.kind == "server"]
+    if not server:
+        return []
+    lines = [
+        f"`{SERVER}`: not a contender but the time the database server reports for executing "
+        "hand-written SQL's five set-based UPDATEs, summed (PostgreSQL: `EXPLAIN (ANALYZE, "
+        'TIMING OFF, FORMAT JSON)` of the `unnest` UPDATEs, "Execution Time", planning left '
+        "out; MariaDB: `ANALYZE FORMAT=JSON` of the `temp-table` UPDATEs, "
+        "`query_block.r_total_time_ms`, the mapping table's creation and optimization left "
+        "out), in a transaction rolled back, on fresh data per run.  Row writes, index "
+        "maintenance and foreign-key checks all happen there, whatever the client, so peer "
+        "time / this time (the ceiling in the speed-up column) bounds any client's speed-up "
+        "over the peer; its time vs best hand-written is the server's share of that SQL's "
+        "time.",
+        "",
+    ]
+    for result in server:
+        if not result.ok:
+            lines.append(f"- {result.backend}, N={result.n:,}: {_status(result)}")
+            continue
+        parts = [f"{seconds(result.median)} on the server"]
+        share = trigger_share(result)
+        if share is not None and result.trigger_seconds is not None:
+            parts.append(
+                f"{share:.0%} of it in foreign-key triggers ({seconds(result.trigger_seconds)} "
+                f"of {seconds(result.trigger_run_seconds or 0.0)} in one extra run with "
+                "per-node timing on, the only way PostgreSQL reports trigger time)"
+            )
+        floor = server_floor(results, result)
+        if floor is not None:
+            parts.append(f"peer loop / server = {times(floor)}")
+        lines.append(f"- {result.backend}, N={result.n:,}: " + "; ".join(parts) + ".")
+    lines.append("")
+    return lines
+
+
 def _size_steps(sizes: Sequence[int]) -> str:
     return " → ".join(f"{n:,}" for n in sorted(sizes))
 
 
 def _order(result: Result) -> int:
-    order = [QUEUED, CORE_BATCH, HAND, LOOP, PEER_LOOP]
+    order = [QUEUED, CORE_BATCH, HAND, SERVER, LOOP, PEER_LOOP]
     return order.index(result.contender) if result.contender in order else len(order)
 
 
@@ -650,6 +733,13 @@ def write_json(
             "statements": "cursor executions counted with before_cursor_execute",
             "memory": "tracemalloc peak (Python heap) of one extra untimed run, "
             "from loading the objects to COMMIT",
+            "server": f"kind 'server' ({SERVER}): the execution time the database server "
+            "reports for the best hand-written set-based UPDATEs, summed over the five tables, "
+            "in a transaction rolled back; PostgreSQL: EXPLAIN (ANALYZE, TIMING OFF, FORMAT "
+            "JSON) of the unnest UPDATEs, 'Execution Time' (trigger_seconds / "
+            "trigger_run_seconds: time in foreign-key triggers and the execution time of one "
+            "extra run with TIMING ON); MariaDB: ANALYZE FORMAT=JSON of the temp-table "
+            "UPDATEs, query_block.r_total_time_ms; not on SQLite (no server)",
         },
         "results": [r.as_dict() for r in results],
         "ratios": ratios(results),
