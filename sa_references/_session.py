@@ -20,7 +20,7 @@ from ._merge import (
     lock_objects,
     marked_for_deletion,
 )
-from ._repoint import check_options, savepoint
+from ._repoint import check_options, connection_of, savepoint
 from ._report import MergeReport
 from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
 
@@ -180,7 +180,9 @@ class ReferencesSession(Session):
             super().flush()  # pending rows that reference a source are written first
             asked = (source for group in groups for source in group.deleting)
             deleting = list({id(s): s for s in (*asked, *deferred)}.values())  # each once
-            with savepoint(self):
+            # on the connection the session binds the (first) merged class to; other binds
+            # the groups use get their SAVEPOINT from the Session's nested transaction
+            with savepoint(self, mapper=groups[0].mapper):
                 for group in groups:
                     synced = _apply_group(self, group, deleting)
                     touched += synced.touched
@@ -233,6 +235,11 @@ class _Group:
     #: the sources merged with ``delete=True``
     deleting: list[object] = field(default_factory=list)
 
+    @property
+    def mapper(self) -> Mapper[Any]:
+        mapper: Mapper[Any] = instance_state(self.pairs[0][0]).mapper
+        return mapper
+
 
 def _undelete(session: Session, source: object, deleted: Collection[object]) -> None:
     """Hold back a queued source's deletion (and what it cascaded to) until its merge ran."""
@@ -256,14 +263,16 @@ def _apply_group(session: Session, group: _Group, deleting: Sequence[object]) ->
             state = instance_state(obj)
             if not state.persistent or (obj is target and marked_for_deletion(session, state)):
                 raise ReferencesError(f"queued merge {role} {obj!r} is no longer persistent")
-    pairs, options = group.pairs, group.options
-    mapper: Mapper[Any] = instance_state(pairs[0][0]).mapper
-    lock_objects(session, [obj for pair in pairs for obj in pair])
+    pairs, options, mapper = group.pairs, group.options, group.mapper
+    # Core statements, on the connection the session binds the class to (a Session would
+    # send a statement about an unmapped mapping table to its default bind)
+    bind = connection_of(session, mapper)
+    lock_objects(bind, [obj for pair in pairs for obj in pair])
     graph = graph_of(mapper)
     keys = graph.keys_for_mapper(mapper)
-    key_pairs = pairs_by_key(session, keys, pairs, identity_values_reader())
+    key_pairs = pairs_by_key(bind, keys, pairs, identity_values_reader())
     results, moves = run_batch(
-        session,
+        bind,
         key_pairs,
         on_conflict=options.on_conflict,
         on_self_reference=options.on_self_reference,
