@@ -17,7 +17,16 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, Table, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    MetaData,
+    PrimaryKeyConstraint,
+    Select,
+    Table,
+    func,
+    select,
+)
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
@@ -516,8 +525,7 @@ def _referred_values(
     wanted = list(dict.fromkeys(c for k in keys for c in k.referred_columns if c not in position))
     if not wanted:
         if missing is None:
-            found = {tuple(row) for row in _select_rows(bind, table, identities, [])}
-            missing = {k for k in identities if k not in found}
+            missing = _missing_keys(bind, table, identities)
         _refuse_missing(table, missing)
         return _key_reader(position)
     rows: dict[Values, dict[AnyColumn, Any]] = {}
@@ -547,10 +555,34 @@ def _key_reader(
     return read
 
 
+def _missing_keys(bind: Bind, table: Table, keys: set[Values]) -> set[Values]:
+    """The keys no row has.  Single integer keys are counted first (each key matches one
+    row at most): the rows are read, to name the missing keys, only when some are."""
+    if sql.json_keys_fit(table):
+        counted = sum(
+            bind.execute(select(func.count()).select_from(query.subquery()), params).scalar_one()
+            for query, params in _row_queries(bind, table, keys, [])
+        )
+        if counted == len(keys):
+            return set()
+    found = {tuple(row) for row in _select_rows(bind, table, keys, [])}
+    return {k for k in keys if k not in found}
+
+
 def _select_rows(
     bind: Bind, table: Table, keys: set[Values], columns: Sequence[AnyColumn]
 ) -> Iterable[Any]:
     """The primary key and ``columns`` of the rows keyed ``keys`` (those that exist)."""
+    return itertools.chain.from_iterable(
+        bind.execute(query, params) for query, params in _row_queries(bind, table, keys, columns)
+    )
+
+
+def _row_queries(
+    bind: Bind, table: Table, keys: set[Values], columns: Sequence[AnyColumn]
+) -> list[tuple[Select[Any], dict[str, Any] | None]]:
+    """The SELECTs of :func:`_select_rows`: one over a JSON array on SQLite 3.38+ (many
+    integer keys), else one per chunk of keys."""
     pk = list(table.primary_key.columns)
     dialect = connection_of(bind).dialect
     if (
@@ -559,12 +591,11 @@ def _select_rows(
         and (dialect.server_version_info or ()) >= (3, 38)  # JSON functions built in
         and sql.json_keys_fit(table)
     ):
-        statement, params = sql.rows_by_json_keys(table, columns, keys)
-        return bind.execute(statement, params)
-    return itertools.chain.from_iterable(
-        bind.execute(select(*pk, *columns).where(sql.identity_in(pk, chunk)))
+        return [sql.rows_by_json_keys(table, columns, keys)]
+    return [
+        (select(*pk, *columns).where(sql.identity_in(pk, chunk)), None)
         for chunk in sql.chunks(sorted(keys, key=repr))
-    )
+    ]
 
 
 def _refuse_missing(table: Table, missing: set[Values]) -> None:

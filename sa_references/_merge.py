@@ -308,8 +308,12 @@ def key_normaliser(table: Table) -> Callable[[Any], Values]:
         raise ReferencesError(f"table {table.fullname} has no primary key")
     names = ", ".join(c.name for c in columns)
     types = [python_type_of(c) for c in columns]
+    # the usual key: one column, given as a value of its exact Python type
+    scalar_type = types[0] if len(columns) == 1 else None
 
     def normalise(key: Any) -> Values:
+        if scalar_type is not None and type(key) is scalar_type:
+            return (key,)
         if isinstance(key, Mapping):
             if len(key) != len(columns) or any(c.name not in key for c in columns):
                 raise ArgumentError(f"{table.fullname} is keyed by ({names}); got {dict(key)!r}")
