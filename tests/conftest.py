@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -202,3 +202,28 @@ def statements(db: Backend) -> Any:
             captured.extend(db.statements[start:])
 
     return record
+
+
+@dataclass
+class TwoBinds:
+    """A default bind that must stay unused, and the test database's connection."""
+
+    default: Engine
+    sent_to_default: list[str]
+    connection: Connection
+
+
+@pytest.fixture
+def two_binds(db: Backend) -> Iterator[TwoBinds]:
+    """For a Session ``bind=two_binds.default, binds={Base: two_binds.connection}``: the
+    statements sent to the default bind are recorded; the connection's work is rolled back."""
+    default = create_engine("sqlite://")
+    sent: list[str] = []
+    event.listen(default, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    with db.engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            yield TwoBinds(default, sent, connection)
+        finally:
+            transaction.rollback()
+            default.dispose()

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from sa_references import MergeConflictError, ReferencesError, referencing_keys
+from tests.conftest import TwoBinds
 from tests.models import (
     Approval,
     Base,
@@ -541,7 +542,6 @@ def test_savepoints_nest(session: Session, shop: dict[str, Any]) -> None:
 
 
 def test_failure_in_delete_undoes_the_merge(session: Session, shop: dict[str, Any]) -> None:
-    from sqlalchemy import event
 
     dupe, keeper = shop["dupe"], shop["keeper"]
     before = snapshot(session)
@@ -576,7 +576,6 @@ def test_rollback_undoes_merge(session: Session, shop: dict[str, Any]) -> None:
 
 def test_rollback_on_plain_pysqlite_engine(tmp_path: Any) -> None:
     """Without the savepoint recipe, pysqlite would commit at RELEASE SAVEPOINT."""
-    from sqlalchemy import create_engine
 
     from tests.models import Base
 
@@ -607,26 +606,18 @@ def test_detached_expired_object_is_a_references_error(
         shop["dupe"].merge_into(shop["keeper"])
 
 
-def test_session_binding_the_classes_to_another_engine(db: Any) -> None:
+def test_session_binding_the_classes_to_another_engine(two_binds: TwoBinds) -> None:
     """The SAVEPOINT opens on the connection the session binds the merged class to, not on
     its default bind: a dry run (and a failing merge) leaves nothing there."""
-    other = create_engine("sqlite://")
-    on_other: list[str] = []
-    event.listen(other, "before_cursor_execute", lambda *args: on_other.append(args[2]))
-    with db.engine.connect() as connection:
-        transaction = connection.begin()
-        try:
-            with Session(bind=other, binds={Base: connection}) as session:
-                dupe, keeper = Customer(name="dupe"), Customer(name="keeper")
-                session.add_all([dupe, keeper, Order(customer=dupe), Order(customer=dupe)])
-                session.flush()
-                report = dupe.merge_into(keeper, dry_run=True)
-                assert report.rowcount == 2
-                counted = select(func.count()).where(Order.customer_id == dupe.id)
-                assert connection.execute(counted).scalar_one() == 2
-                assert dupe.merge_into(keeper).rowcount == 2
-                assert connection.execute(counted).scalar_one() == 0
-                assert on_other == []  # nothing ran on the default bind
-        finally:
-            transaction.rollback()
-            other.dispose()
+    connection = two_binds.connection
+    with Session(bind=two_binds.default, binds={Base: connection}) as session:
+        dupe, keeper = Customer(name="dupe"), Customer(name="keeper")
+        session.add_all([dupe, keeper, Order(customer=dupe), Order(customer=dupe)])
+        session.flush()
+        report = dupe.merge_into(keeper, dry_run=True)
+        assert report.rowcount == 2
+        counted = select(func.count()).where(Order.customer_id == dupe.id)
+        assert connection.execute(counted).scalar_one() == 2
+        assert dupe.merge_into(keeper).rowcount == 2
+        assert connection.execute(counted).scalar_one() == 0
+        assert two_binds.sent_to_default == []  # nothing ran on the default bind

@@ -12,6 +12,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import sessionmaker
 
 from sa_references import MergeConflictError, ReferencesError, ReferencesSession, referencing_keys
+from tests.conftest import TwoBinds
 from tests.models import Customer, Group, Order, Review, Shelf, Trap, Warehouse, customer_group
 
 
@@ -371,40 +372,30 @@ def test_merges_differing_only_in_delete_are_one_batch(
     assert set(owners(rsession).values()) == {b.id, d.id}
 
 
-def test_session_binding_the_classes_to_another_engine(db: Any) -> None:
+def test_session_binding_the_classes_to_another_engine(two_binds: TwoBinds) -> None:
     """The batch's SAVEPOINT opens on the connection the session binds the merged class to,
     not on its default bind: a failing batch leaves nothing there, a good one applies."""
-    from sqlalchemy import create_engine, event
-
     from tests.models import Base
 
-    other = create_engine("sqlite://")
-    on_other: list[str] = []
-    event.listen(other, "before_cursor_execute", lambda *args: on_other.append(args[2]))
-    with db.engine.connect() as connection:
-        transaction = connection.begin()
-        try:
-            with ReferencesSession(bind=other, binds={Base: connection}) as session:
-                a, b, c, d = (Customer(name=name) for name in "abcd")
-                orders = [Order(customer=x) for x in (a, a, c)]
-                session.add_all([a, b, c, d, *orders])
-                session.flush()
-                session.add(Trap(customer_id=c.id, armed=True))
-                session.flush()
-                owned = select(Order.customer_id).order_by(Order.id)
-                before = connection.execute(owned).scalars().all()
-                a.merge_into(b)
-                c.merge_into(d)
-                with pytest.raises(DBAPIError, match="zz_trap is armed"):
-                    session.flush()
-                assert on_other == []  # nothing ran on the default bind
-                assert connection.execute(owned).scalars().all() == before
-                connection.execute(Trap.__table__.delete())
-                a.merge_into(b)
-                c.merge_into(d)
-                session.flush()
-                assert connection.execute(owned).scalars().all() == [b.id, b.id, d.id]
-                assert on_other == []  # nothing ran on the default bind
-        finally:
-            transaction.rollback()
-            other.dispose()
+    connection = two_binds.connection
+    with ReferencesSession(bind=two_binds.default, binds={Base: connection}) as session:
+        a, b, c, d = (Customer(name=name) for name in "abcd")
+        orders = [Order(customer=x) for x in (a, a, c)]
+        session.add_all([a, b, c, d, *orders])
+        session.flush()
+        session.add(Trap(customer_id=c.id, armed=True))
+        session.flush()
+        owned = select(Order.customer_id).order_by(Order.id)
+        before = connection.execute(owned).scalars().all()
+        a.merge_into(b)
+        c.merge_into(d)
+        with pytest.raises(DBAPIError, match="zz_trap is armed"):
+            session.flush()
+        assert two_binds.sent_to_default == []  # nothing ran on the default bind
+        assert connection.execute(owned).scalars().all() == before
+        connection.execute(Trap.__table__.delete())
+        a.merge_into(b)
+        c.merge_into(d)
+        session.flush()
+        assert connection.execute(owned).scalars().all() == [b.id, b.id, d.id]
+        assert two_binds.sent_to_default == []
