@@ -143,13 +143,14 @@ def _unreleased_savepoint(connection: Connection) -> Iterator[None]:
     """
     depth = _unreleased_depth.get(connection, 0)
     name = f"sa_references_{depth}"
+    # the driver's string: dialect.do_savepoint() compiles a clause, about 20 us more per merge
     connection.exec_driver_sql(f"SAVEPOINT {name}")
     _unreleased_depth[connection] = depth + 1
     try:
         yield
     except BaseException:
         with contextlib.suppress(DBAPIError):
-            connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+            connection.dialect.do_rollback_to_savepoint(connection, name)
         raise
     finally:
         _unreleased_depth[connection] = depth
