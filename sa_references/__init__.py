@@ -62,28 +62,50 @@ application holds) surface as the driver's ``OperationalError`` /
 whole database for writes and needs no row locks.
 """
 
+from . import exc as exc
 from ._batch import BatchReport, merge_many
 from ._dependents import Dependents, KeyDependents, dependents, row_dependents
-from ._errors import MergeConflictError, ReferencesError
 from ._keys import ReferencingKey, UniqueKey, referencing_keys
 from ._merge import merge_into, merge_rows
 from ._mixin import ReferencesMixin
 from ._report import Conflict, KeyResult, MergeReport
 from ._session import ReferencesSession
+from .exc import (
+    ConcurrentMergeError,
+    DeleteRestrictedError,
+    MergeConflictError,
+    MergeCycleError,
+    ReferencesError,
+    RowNotFoundError,
+    SelfReferenceError,
+    SessionStateError,
+    SharedColumnError,
+    UnfollowedReferenceError,
+    UnsafeMergeError,
+)
 
 __all__ = [
     "BatchReport",
+    "ConcurrentMergeError",
     "Conflict",
+    "DeleteRestrictedError",
     "Dependents",
     "KeyDependents",
     "KeyResult",
     "MergeConflictError",
+    "MergeCycleError",
     "MergeReport",
     "ReferencesError",
     "ReferencesMixin",
     "ReferencesSession",
     "ReferencingKey",
+    "RowNotFoundError",
+    "SelfReferenceError",
+    "SessionStateError",
+    "SharedColumnError",
+    "UnfollowedReferenceError",
     "UniqueKey",
+    "UnsafeMergeError",
     "dependents",
     "merge_into",
     "merge_many",

@@ -31,7 +31,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
 from . import _statements as sql
-from ._errors import MergeConflictError, ReferencesError
 from ._keys import AnyColumn, ReferencingKey, reference_graph
 from ._merge import key_normaliser
 from ._repoint import (
@@ -49,6 +48,13 @@ from ._repoint import (
 )
 from ._report import Conflict, KeyResult, MergeReport, clashing_rows
 from ._sync import KeyMoves
+from .exc import (
+    MergeConflictError,
+    MergeCycleError,
+    ReferencesError,
+    RowNotFoundError,
+    SelfReferenceError,
+)
 
 Values = tuple[Any, ...]
 T = TypeVar("T", bound=Hashable)
@@ -79,7 +85,7 @@ class Chains(Generic[T]):
         final = target_of.get(target, target)
         if final == source:
             describe = self.describe
-            raise ReferencesError(
+            raise MergeCycleError(
                 f"merging {describe(source)} into {describe(target)} would close a cycle "
                 f"({describe(target)} is already merged into {describe(source)})"
             )
@@ -345,7 +351,7 @@ def _read_plan(bind: Bind, batches: Sequence[_KeyBatch], on_self_reference: str)
             batch.self_references = [tuple(r[:width]) for r in rows]
             if rows and on_self_reference == "raise":
                 sources = ", ".join(repr(tuple(r[width:])) for r in rows[:5])
-                raise ReferencesError(
+                raise SelfReferenceError(
                     f"{len(rows)} target(s) reference their own source through {key.name} "
                     f"(sources {sources}); merging would make them reference themselves "
                     "(pass on_self_reference='null' to clear those references first)"
@@ -601,7 +607,7 @@ def _row_queries(
 def _refuse_missing(table: Table, missing: set[Values]) -> None:
     if missing:
         shown = ", ".join(repr(k) for k in sorted(missing, key=repr)[:5])
-        raise ReferencesError(f"{len(missing)} key(s) not found in {table.fullname}: {shown}")
+        raise RowNotFoundError(f"{len(missing)} key(s) not found in {table.fullname}: {shown}")
 
 
 def pairs_by_key(

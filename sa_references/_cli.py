@@ -139,10 +139,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from . import __version__
 from ._batch import BatchReport, merge_many
 from ._dependents import row_dependents
-from ._errors import MergeConflictError
 from ._keys import ReferencingKey, referencing_keys
 from ._merge import merge_rows, primary_key_values
 from ._report import Conflict, KeyResult, MergeReport
+from .exc import MergeConflictError
 
 PROG = "sa-references"
 URL_ENV_VAR = "SA_REFERENCES_URL"

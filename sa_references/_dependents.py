@@ -10,7 +10,6 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Mapper, Session, registry
 
 from . import _statements as sql
-from ._errors import ReferencesError
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey, reference_graph
 from ._merge import (
     describe,
@@ -20,6 +19,7 @@ from ._merge import (
     referred_values,
 )
 from ._repoint import check_bind
+from .exc import ReferencesError
 
 Values = tuple[Any, ...]
 

@@ -13,11 +13,11 @@ from sqlalchemy.orm.exc import UnmappedClassError, UnmappedColumnError
 
 from . import _repoint as repoint
 from . import _statements as sql
-from ._errors import ReferencesError
 from ._keys import AnyColumn, ReferenceGraph, python_type_of, reference_graph
 from ._repoint import Bind, OnConflict, OnSelfReference, check_options
 from ._report import MergeReport
 from ._sync import SynchronizeMode, synchronize
+from .exc import ConcurrentMergeError, ReferencesError, RowNotFoundError
 
 Values = tuple[Any, ...]
 
@@ -157,7 +157,7 @@ def graph_of(mapper: Mapper[Any]) -> ReferenceGraph:
     for table in mapper.tables:
         if isinstance(table, Table):
             return reference_graph(table.metadata)
-    raise ReferencesError(f"{mapper} maps no Table")
+    raise ArgumentError(f"{mapper} maps no Table")
 
 
 def merge_into(
@@ -290,7 +290,7 @@ def lock_objects(bind: Bind, objects: Sequence[object]) -> None:
         missing = repoint.lock_rows(bind, table, by_table[table])
         if missing:
             shown = ", ".join(repr(m) for m in sorted(missing, key=repr)[:5])
-            raise ReferencesError(
+            raise ConcurrentMergeError(
                 f"{len(missing)} row(s) of {table.fullname} no longer exist ({shown}): "
                 "deleted or merged away by another transaction"
             )
@@ -336,7 +336,7 @@ def key_normaliser(table: Table) -> Callable[[Any], Values]:
 def _check_key_value(table: Table, column: AnyColumn, python_type: type | None, value: Any) -> None:
     """Refuse a key value no row can have, before a database casts it (1.5 read as 2)."""
     if value is None:
-        raise ReferencesError(f"no row of {table.fullname} has a NULL {column.name}")
+        raise ArgumentError(f"no row of {table.fullname} has a NULL {column.name}")
     if python_type is None or isinstance(value, python_type):
         return
     try:
@@ -344,7 +344,7 @@ def _check_key_value(table: Table, column: AnyColumn, python_type: type | None, 
     except (TypeError, ValueError, ArithmeticError):
         fits = False
     if not fits:
-        raise ReferencesError(
+        raise ArgumentError(
             f"no row of {table.fullname} has {column.name} = {value!r} "
             f"(a {python_type.__name__} column)"
         )
@@ -354,7 +354,7 @@ def fetch_row(bind: Bind, table: Table, key: Values, role: str) -> Mapping[AnyCo
     pk = list(table.primary_key.columns)
     row = bind.execute(select(table).where(sql.matches(pk, key))).first()
     if row is None:
-        raise ReferencesError(f"{role} row {key!r} not found in {table.fullname}")
+        raise RowNotFoundError(f"{role} row {key!r} not found in {table.fullname}")
     return {column: row._mapping[column] for column in table.columns}
 
 

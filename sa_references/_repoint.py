@@ -19,10 +19,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from . import _statements as sql
-from ._errors import MergeConflictError, ReferencesError
 from ._keys import AnyColumn, ReferencingKey
 from ._report import Conflict, KeyResult, clashing_rows
 from ._sync import SYNCHRONIZE_MODES, KeyMoves
+from .exc import MergeConflictError, ReferencesError, SelfReferenceError
 
 Values = tuple[Any, ...]
 Bind = Session | Connection
@@ -411,7 +411,7 @@ def check_plans(
         for key_plan in plans:
             if key_plan.target_refers_to_source is not None:
                 source, target = names()
-                raise ReferencesError(
+                raise SelfReferenceError(
                     f"{target} references {source} through {key_plan.key.name}; merging "
                     "would make it reference itself (pass on_self_reference='null' to clear "
                     "that reference first)"

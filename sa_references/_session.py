@@ -12,7 +12,6 @@ from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
 
 from ._batch import BatchReport, Chains, pairs_by_key, run_batch
-from ._errors import ReferencesError
 from ._merge import (
     describe,
     graph_of,
@@ -23,6 +22,7 @@ from ._merge import (
 from ._repoint import check_options, connection_of, savepoint
 from ._report import MergeReport
 from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
+from .exc import ReferencesError
 
 Values = tuple[Any, ...]
 

@@ -10,17 +10,26 @@ import sa_references
 def test_all_is_pinned_and_sorted() -> None:
     assert sa_references.__all__ == [
         "BatchReport",
+        "ConcurrentMergeError",
         "Conflict",
+        "DeleteRestrictedError",
         "Dependents",
         "KeyDependents",
         "KeyResult",
         "MergeConflictError",
+        "MergeCycleError",
         "MergeReport",
         "ReferencesError",
         "ReferencesMixin",
         "ReferencesSession",
         "ReferencingKey",
+        "RowNotFoundError",
+        "SelfReferenceError",
+        "SessionStateError",
+        "SharedColumnError",
+        "UnfollowedReferenceError",
         "UniqueKey",
+        "UnsafeMergeError",
         "dependents",
         "merge_into",
         "merge_many",
@@ -30,12 +39,37 @@ def test_all_is_pinned_and_sorted() -> None:
     ]
     assert sa_references.__all__ == sorted(sa_references.__all__)
     for name in sa_references.__all__:
-        assert getattr(sa_references, name).__module__.startswith("sa_references._")
+        module = getattr(sa_references, name).__module__
+        assert module == "sa_references.exc" or module.startswith("sa_references._")
 
 
 def test_exceptions_subclass_sqlalchemy() -> None:
     assert issubclass(sa_references.ReferencesError, sqlalchemy.exc.InvalidRequestError)
     assert issubclass(sa_references.MergeConflictError, sa_references.ReferencesError)
+
+
+def test_exception_hierarchy_is_public_and_drawn() -> None:
+    from sa_references import exc
+
+    assert exc.__all__ == sorted(exc.__all__)
+    parents = {
+        "MergeConflictError": "ReferencesError",
+        "SelfReferenceError": "ReferencesError",
+        "RowNotFoundError": "ReferencesError",
+        "ConcurrentMergeError": "RowNotFoundError",
+        "MergeCycleError": "ReferencesError",
+        "UnsafeMergeError": "ReferencesError",
+        "SharedColumnError": "UnsafeMergeError",
+        "UnfollowedReferenceError": "UnsafeMergeError",
+        "DeleteRestrictedError": "UnsafeMergeError",
+        "SessionStateError": "ReferencesError",
+    }
+    assert set(parents) | {"ReferencesError"} == set(exc.__all__)
+    for name, parent in parents.items():
+        cls = getattr(exc, name)
+        assert cls.__bases__ == (getattr(exc, parent),)
+        assert getattr(sa_references, name) is cls
+        assert name in (exc.__doc__ or "")  # the drawing in the docstring lists it
 
 
 def test_py_typed_ships() -> None:

@@ -22,8 +22,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 from sa_references import (
+    MergeCycleError,
     ReferencesError,
     ReferencesSession,
+    RowNotFoundError,
     dependents,
     merge_into,
     merge_many,
@@ -433,32 +435,32 @@ def merge_rows_mapping_with_a_wrong_name(w: World) -> Act:
     return lambda: merge_rows(w.connection, CUSTOMER, {"ident": w.dupe.id}, w.keeper.id)
 
 
-@case(ReferencesError)
+@case(RowNotFoundError)
 def merge_rows_missing_source(w: World) -> Act:
     return lambda: merge_rows(w.connection, CUSTOMER, 10**6, w.keeper.id)
 
 
-@case(ReferencesError)
+@case(RowNotFoundError)
 def merge_rows_missing_target(w: World) -> Act:
     return lambda: merge_rows(w.connection, CUSTOMER, w.dupe.id, 10**6, delete=True)
 
 
-@case(ReferencesError)
+@case(RowNotFoundError)
 def merge_rows_missing_composite_target(w: World) -> Act:
     return lambda: merge_rows(w.connection, WAREHOUSE, ("eu", 1), ("us", 1))
 
 
-@case(ReferencesError)
+@case(ArgumentError)
 def merge_rows_none_key(w: World) -> Act:
     return lambda: merge_rows(w.connection, CUSTOMER, None, w.keeper.id)
 
 
-@case(ReferencesError)
+@case(ArgumentError)
 def merge_rows_str_key_for_int_column(w: World) -> Act:
     return lambda: merge_rows(w.connection, CUSTOMER, "abc", w.keeper.id)
 
 
-@case(ReferencesError)
+@case(ArgumentError)
 def merge_rows_fractional_key(w: World) -> Act:
     lonely = w.lonely.id  # PostgreSQL reads lonely - 0.5 as lonely: it deletes its own target
     return lambda: merge_rows(w.connection, CUSTOMER, lonely - 0.5, lonely, delete=True)
@@ -540,7 +542,7 @@ def merge_many_pair_into_itself(w: World) -> Act:
     return lambda: merge_many(w.connection, CUSTOMER, pairs)
 
 
-@case(ReferencesError)
+@case(MergeCycleError)
 def merge_many_cycle(w: World) -> Act:
     pairs = [(w.dupe.id, w.keeper.id), (w.keeper.id, w.lonely.id), (w.lonely.id, w.dupe.id)]
     return lambda: merge_many(w.connection, CUSTOMER, pairs, on_conflict="delete")
@@ -552,19 +554,19 @@ def merge_many_source_with_two_targets(w: World) -> Act:
     return lambda: merge_many(w.connection, CUSTOMER, pairs, on_conflict="delete")
 
 
-@case(ReferencesError)
+@case(RowNotFoundError)
 def merge_many_missing_source(w: World) -> Act:
     pairs = [(w.dupe.id, w.keeper.id), (10**6, w.keeper.id)]
     return lambda: merge_many(w.connection, CUSTOMER, pairs, on_conflict="delete")
 
 
-@case(ReferencesError)
+@case(RowNotFoundError)
 def merge_many_missing_target(w: World) -> Act:
     pairs = [(w.dupe.id, 10**6)]
     return lambda: merge_many(w.connection, CUSTOMER, pairs, delete=True)
 
 
-@case(ReferencesError)
+@case(ArgumentError)
 def merge_many_none_key(w: World) -> Act:
     return lambda: merge_many(w.connection, CUSTOMER, [(None, w.keeper.id)])
 
@@ -574,7 +576,7 @@ def merge_many_table_without_primary_key(w: World) -> Act:
     return lambda: merge_many(w.connection, customer_tag, [(w.dupe.id, w.keeper.id)])
 
 
-@case(ReferencesError)
+@case(RowNotFoundError)
 def merge_many_through_a_session_missing_key(w: World) -> Act:
     return lambda: merge_many(w.session, CUSTOMER, [(w.dupe.id, 10**6)])
 
@@ -642,7 +644,7 @@ def row_dependents_wrong_number_of_key_columns(w: World) -> Act:
     return lambda: row_dependents(w.connection, WAREHOUSE, 1)
 
 
-@case(ReferencesError)
+@case(RowNotFoundError)
 def row_dependents_missing_row(w: World) -> Act:
     return lambda: row_dependents(w.connection, CUSTOMER, 10**6).count()
 
@@ -687,7 +689,7 @@ def references_session_merge_into_itself(w: World) -> Act:
     return lambda: merge_into(a, a)
 
 
-@case(ReferencesError)
+@case(MergeCycleError)
 def references_session_queued_cycle(w: World) -> Act:
     other = w.other_session(ReferencesSession)
     a, b = other.get(Customer, w.dupe.id), other.get(Customer, w.keeper.id)

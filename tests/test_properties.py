@@ -64,9 +64,12 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from sa_references import (
     MergeConflictError,
+    MergeCycleError,
     MergeReport,
     ReferencesError,
     ReferencesSession,
+    RowNotFoundError,
+    SelfReferenceError,
     merge_into,
     merge_many,
     merge_rows,
@@ -511,7 +514,7 @@ class Model:
                 mappings.append((key, mapping))
         for key, mapping in mappings:
             if self.own_rows(rows[key.table], key, mapping) and on_self_reference == "raise":
-                raise Expected(ReferencesError, f"a target references its source via {key.name}")
+                raise Expected(SelfReferenceError, f"a target references its source via {key.name}")
         new_rows = copy.deepcopy(rows)
         outcome = Outcome(new_rows)
         conflicts = {}
@@ -560,7 +563,7 @@ def resolve_chains(pairs: list[tuple[Values, Values]]) -> dict[Values, Values]:
             raise Expected(ReferencesError, f"{source} into itself")
         final = target_of.get(target, target)
         if final == source:
-            raise Expected(ReferencesError, f"cycle through {source}")
+            raise Expected(MergeCycleError, f"cycle through {source}")
         if target_of.get(source, final) != final:
             raise Expected(ReferencesError, f"{source} has two targets")
         target_of[source] = final
@@ -848,7 +851,7 @@ def expected_outcome(model: Model, step: Step) -> Outcome:
         target_of = resolve_chains(step.pairs)
         missing = [k for k in {*target_of, *target_of.values()} if k not in model.alive()]
         if missing:
-            raise Expected(ReferencesError, f"not found: {missing}")
+            raise Expected(RowNotFoundError, f"not found: {missing}")
         keys = [k for k in schema.keys if k.ref_table == "main"]
         deleted = [("main", s) for s in target_of] if step.delete else []
         outcome = model.merge(

@@ -1,0 +1,132 @@
+"""Exceptions raised by sa_references.
+
+Every error of the library is a :class:`ReferencesError`, itself a
+:class:`sqlalchemy.exc.InvalidRequestError`, so code that already handles
+SQLAlchemy's request errors handles these too.  Mistakes in the arguments of
+a call (a wrong option, a key of the wrong arity or type, a Table where an
+object was expected) are :class:`sqlalchemy.exc.ArgumentError`, as in
+SQLAlchemy itself.  Errors of the database (a deadlock, a constraint no check
+could predict) propagate as the driver's :class:`sqlalchemy.exc.DBAPIError`,
+with a note naming the referencing key they failed on.
+
+The hierarchy::
+
+    sqlalchemy.exc.InvalidRequestError
+    └── ReferencesError                  the merge or lookup cannot be carried out
+        ├── MergeConflictError           unique-key clashes (on_conflict="raise")
+        ├── SelfReferenceError           the target would reference itself
+        ├── RowNotFoundError             a source, target or key has no row
+        │   └── ConcurrentMergeError     ... because another transaction merged it away or
+        │                                deleted it: retryable (roll back, try again)
+        ├── MergeCycleError              queued merges would close a cycle
+        ├── UnsafeMergeError             the merge would lose or silently change a reference
+        │   ├── SharedColumnError        a re-pointed column is also part of another key
+        │   ├── UnfollowedReferenceError the database holds a foreign key the merge
+        │   │                            does not follow
+        │   └── DeleteRestrictedError    ON DELETE NO ACTION / RESTRICT would refuse a
+        │                                deletion the merge makes
+        └── SessionStateError            a ReferencesSession must be rolled back first
+
+Nothing is changed when one of these is raised: a merge that fails midway is
+rolled back to its SAVEPOINT and the session stays usable (except after
+:class:`SessionStateError`, which asks for ``session.rollback()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import InvalidRequestError
+
+if TYPE_CHECKING:
+    from ._report import Conflict
+
+__all__ = [
+    "ConcurrentMergeError",
+    "DeleteRestrictedError",
+    "MergeConflictError",
+    "MergeCycleError",
+    "ReferencesError",
+    "RowNotFoundError",
+    "SelfReferenceError",
+    "SessionStateError",
+    "SharedColumnError",
+    "UnfollowedReferenceError",
+    "UnsafeMergeError",
+]
+
+
+class ReferencesError(InvalidRequestError):
+    """A merge or a dependents lookup cannot be carried out."""
+
+
+class MergeConflictError(ReferencesError):
+    """Re-pointing would violate a unique key of a referencing table.
+
+    Raised with ``on_conflict="raise"`` (the default) before anything is
+    written.  :attr:`conflicts` lists each clash: the referencing key, the
+    unique key and the identities of the source's rows that clash.
+    """
+
+    conflicts: tuple[Conflict, ...]
+
+    def __init__(self, conflicts: Sequence[Conflict]) -> None:
+        self.conflicts = tuple(conflicts)
+        parts = [
+            f"{len(c.rows)} row(s) of {c.table} clash on {c.constraint}" for c in self.conflicts
+        ]
+        super().__init__(
+            "merge would violate a unique key: "
+            + "; ".join(parts)
+            + " (use on_conflict='delete' or 'ignore')"
+        )
+
+
+class SelfReferenceError(ReferencesError):
+    """The target references the source: merging would make it reference itself.
+
+    Pass ``on_self_reference="null"`` to clear that reference first.
+    """
+
+
+class RowNotFoundError(ReferencesError):
+    """A source, target or key given has no row in the database."""
+
+
+class ConcurrentMergeError(RowNotFoundError):
+    """Rows being merged were merged away or deleted by another transaction.
+
+    Retryable: roll the transaction back and run it again (the merge will then
+    see the rows as they are now).
+    """
+
+
+class MergeCycleError(ReferencesError):
+    """Queued merges would close a cycle (``a -> b`` and ``b -> a``)."""
+
+
+class UnsafeMergeError(ReferencesError):
+    """The merge would lose, duplicate or silently change a reference: refused."""
+
+
+class SharedColumnError(UnsafeMergeError):
+    """A column the merge would rewrite also belongs to another foreign key or the
+    primary key of the same row, and the values differ (multi-tenant keys:
+    ``orders(tenant_id, customer_id)`` and ``orders(tenant_id, product_id)``)."""
+
+
+class UnfollowedReferenceError(UnsafeMergeError):
+    """The database holds a foreign key to the merged table that the MetaData
+    lacks, so the merge would not re-point it (and deleting the source would
+    cascade to, or orphan, its rows)."""
+
+
+class DeleteRestrictedError(UnsafeMergeError):
+    """A row the merge deletes is still referenced under ON DELETE NO ACTION or
+    RESTRICT: the database would refuse the deletion."""
+
+
+class SessionStateError(ReferencesError):
+    """A ReferencesSession's queued merges failed to apply; roll back before going on
+    (as after a failed flush)."""
