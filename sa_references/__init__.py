@@ -63,12 +63,11 @@ whole database for writes and needs no row locks.
 """
 
 from . import exc as exc
-from ._batch import BatchReport, merge_many
 from ._dependents import Dependents, KeyDependents, dependents, row_dependents
 from ._keys import ReferencingKey, UniqueKey, referencing_keys
-from ._merge import merge_into, merge_rows
+from ._merge import merge_into, merge_many, merge_rows
 from ._mixin import ReferencesMixin
-from ._report import Conflict, KeyResult, MergeReport
+from ._report import BatchReport, Conflict, KeyResult, MergeReport
 from ._session import ReferencesSession
 from .exc import (
     ConcurrentMergeError,

@@ -137,11 +137,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from . import __version__
-from ._batch import BatchReport, merge_many
 from ._dependents import row_dependents
 from ._keys import ReferencingKey, referencing_keys
-from ._merge import merge_rows, primary_key_values
-from ._report import Conflict, KeyResult, MergeReport
+from ._merge import merge_many, merge_rows
+from ._pairs import primary_key_values
+from ._report import BatchReport, Conflict, KeyResult, MergeReport
 from .exc import MergeConflictError
 
 PROG = "sa-references"

@@ -11,14 +11,9 @@ from sqlalchemy.orm import Mapper, Session, registry
 
 from . import _statements as sql
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey, reference_graph
-from ._merge import (
-    describe,
-    fetch_row,
-    instance_state,
-    primary_key_values,
-    referred_values,
-)
-from ._repoint import check_bind
+from ._objects import describe, instance_state, referred_values
+from ._pairs import fetch_row, primary_key_values
+from ._route import check_bind
 from .exc import ReferencesError
 
 Values = tuple[Any, ...]

@@ -104,6 +104,11 @@ class ReferencingKey:
         return self.table is self.referred_table
 
     @property
+    def identity_overlaps_columns(self) -> bool:
+        """Whether re-pointing changes a row's identity (its primary key holds the key)."""
+        return not set(self.identity).isdisjoint(self.columns)
+
+    @property
     def sort_key(self) -> tuple[str, tuple[str, ...], str, tuple[str, ...], str]:
         """Referencing table and columns first; a total order even for twin constraints."""
         return (

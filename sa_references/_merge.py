@@ -1,163 +1,44 @@
-"""``merge_into`` (ORM objects) and ``merge_rows`` (any Table, reflected ones too)."""
+"""The merge entry points: ``merge_into`` (ORM objects), ``merge_rows`` and ``merge_many``
+(rows of any Table, reflected ones too).  Each describes its merge and hands it to the
+one pipeline (:mod:`._pipeline`)."""
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import InstanceState, Mapper, Session, attributes
-from sqlalchemy.orm.exc import UnmappedClassError, UnmappedColumnError
+from sqlalchemy.orm import Session, attributes
 
-from . import _repoint as repoint
 from . import _statements as sql
-from ._keys import AnyColumn, ReferenceGraph, python_type_of, reference_graph
-from ._repoint import Bind, OnConflict, OnSelfReference, check_options
-from ._report import MergeReport
-from ._sync import SynchronizeMode, synchronize
-from .exc import ConcurrentMergeError, ReferencesError, RowNotFoundError
+from ._keys import AnyColumn, ReferencingKey, reference_graph
+from ._locks import lock_objects, lock_rows
+from ._objects import describe, graph_of, referred_values, session_of
+from ._options import (
+    USE_SESSION_DEFAULT,
+    MergeOptions,
+    OnConflict,
+    OnSelfReference,
+    SessionDefault,
+    SynchronizeMode,
+    merge_options,
+)
+from ._pairs import (
+    checked_pairs,
+    fetch_row,
+    key_normaliser,
+    primary_key_values,
+    referred_values_of_keys,
+    resolve_chains,
+)
+from ._pipeline import Merge, ValuesOf, run
+from ._report import BatchReport, MergeReport
+from ._route import check_bind
+from ._sync import synchronize
+from .exc import ReferencesError
 
 Values = tuple[Any, ...]
-
-
-def instance_state(obj: object, role: str) -> InstanceState[Any]:
-    # what inspect(obj) does for instances, without trying the class-level inspectors
-    # of DeclarativeBase first (several microseconds per call on SQLAlchemy 2.1)
-    try:
-        state = attributes.instance_state(obj)
-    except (AttributeError, KeyError, UnmappedClassError):
-        state = None
-    if not isinstance(state, InstanceState):
-        raise ArgumentError(f"{role} must be an instance of a mapped class; got {obj!r}")
-    return state
-
-
-def _state_name(state: InstanceState[Any]) -> str:
-    for name in ("transient", "pending", "persistent", "deleted", "detached"):
-        if getattr(state, name):
-            return name
-    return "unknown state"  # pragma: no cover
-
-
-def describe(state: InstanceState[Any]) -> str:
-    """``transient Customer``, ``Customer (17,)``: never loads, unlike ``repr(obj)`` may."""
-    name = state.class_.__name__
-    if state.identity is None:
-        return f"{_state_name(state)} {name}"
-    prefix = "" if state.persistent else f"{_state_name(state)} "
-    return f"{prefix}{name} {state.identity!r}"
-
-
-def session_of(source: object, target: object) -> Session:
-    """The session both objects belong to; raises on any mismatch."""
-    source_state = instance_state(source, "source")
-    target_state = instance_state(target, "target")
-    if source is target:
-        raise ReferencesError(f"cannot merge {describe(source_state)} into itself")
-    session, target_session = source_state.session, target_state.session
-    if session is None or target_session is None:
-        role, state = ("source", source_state) if session is None else ("target", target_state)
-        raise ReferencesError(f"{role} {describe(state)} is not attached to a Session")
-    if target_session is not session:
-        raise ReferencesError(
-            f"{describe(source_state)} and {describe(target_state)} belong to different sessions"
-        )
-    source_mapper, target_mapper = source_state.mapper, target_state.mapper
-    if target_mapper is not source_mapper and not target_mapper.isa(source_mapper):
-        raise ReferencesError(
-            f"cannot merge a {source_mapper.class_.__name__} into a "
-            f"{target_mapper.class_.__name__}: the target must be of the source's class"
-        )
-    for role, state in (("source", source_state), ("target", target_state)):
-        if state.was_deleted or marked_for_deletion(session, state):
-            raise ReferencesError(f"{role} {describe(state)} is deleted")
-    return session
-
-
-def marked_for_deletion(session: Session, state: InstanceState[Any]) -> bool:
-    """``obj in session.deleted``, without building that set (one per call) anew."""
-    pending = getattr(session, "_deleted", None)
-    if isinstance(pending, dict):
-        return state in pending
-    return state.obj() in session.deleted  # pragma: no cover - a Session without _deleted
-
-
-def referred_values(obj: object, columns: Sequence[AnyColumn]) -> Values:
-    """The object's values for ``columns`` (loaded if expired)."""
-    mapper = attributes.instance_state(obj).mapper
-    values = []
-    for column in columns:
-        try:
-            prop = mapper.get_property_by_column(column)
-        except UnmappedColumnError:
-            raise ReferencesError(
-                f"{column} is referenced by a foreign key but not mapped on "
-                f"{mapper.class_.__name__}"
-            ) from None
-        values.append(getattr(obj, prop.key))
-    return tuple(values)
-
-
-def identity_values_reader() -> Callable[[object, tuple[AnyColumn, ...]], Values]:
-    """How to read many objects' values of referred columns: from the identity key when
-    the columns are primary key columns (no refresh SELECT for expired objects), else
-    from the object (:func:`referred_values`).  Where the values sit in the identity key
-    is looked up once per class and columns."""
-    positions_of: dict[tuple[Mapper[Any], tuple[AnyColumn, ...]], tuple[int, ...] | None] = {}
-
-    def read(obj: object, columns: tuple[AnyColumn, ...]) -> Values:
-        state = attributes.instance_state(obj)
-        mapper = state.mapper
-        try:
-            positions = positions_of[mapper, columns]
-        except KeyError:
-            positions = positions_of[mapper, columns] = _identity_positions(mapper, columns)
-        key = state.key
-        if positions is None or key is None:
-            return referred_values(obj, columns)
-        identity = key[1]
-        if len(positions) == 1:
-            return (identity[positions[0]],)
-        return tuple([identity[i] for i in positions])
-
-    return read
-
-
-_positions: weakref.WeakKeyDictionary[Mapper[Any], dict[Any, tuple[int, ...] | None]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _identity_positions(
-    mapper: Mapper[Any], columns: tuple[AnyColumn, ...]
-) -> tuple[int, ...] | None:
-    by_columns = _positions.setdefault(mapper, {})
-    if columns not in by_columns:
-        by_columns[columns] = _find_identity_positions(mapper, columns)
-    return by_columns[columns]
-
-
-def _find_identity_positions(
-    mapper: Mapper[Any], columns: tuple[AnyColumn, ...]
-) -> tuple[int, ...] | None:
-    try:
-        primary = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
-        wanted = [mapper.get_property_by_column(c).key for c in columns]
-    except UnmappedColumnError:
-        return None
-    if not set(wanted) <= set(primary):
-        return None
-    return tuple(primary.index(name) for name in wanted)
-
-
-def graph_of(mapper: Mapper[Any]) -> ReferenceGraph:
-    """The reference graph of the MetaData ``mapper``'s tables belong to."""
-    for table in mapper.tables:
-        if isinstance(table, Table):
-            return reference_graph(table.metadata)
-    raise ArgumentError(f"{mapper} maps no Table")
 
 
 def merge_into(
@@ -167,7 +48,7 @@ def merge_into(
     on_conflict: OnConflict = "raise",
     delete: bool = False,
     dry_run: bool = False,
-    synchronize_session: SynchronizeMode | None = None,
+    synchronize_session: SynchronizeMode | SessionDefault = USE_SESSION_DEFAULT,
     on_self_reference: OnSelfReference = "raise",
 ) -> MergeReport:
     """Re-point every foreign key that references ``source`` to ``target``.
@@ -193,8 +74,9 @@ def merge_into(
     :param dry_run: report what the merge would do, and keep nothing: its statements
       run inside a SAVEPOINT that is rolled back (conflicts are reported, not raised),
       so the counts are the merge's own; loaded objects are left as they are.
-    :param synchronize_session: ``"evaluate"`` (the default, or the
-      ``ReferencesSession``'s own default), ``"fetch"``, ``"expire"`` or ``False``.
+    :param synchronize_session: ``"evaluate"``, ``"fetch"``, ``"expire"`` or
+      ``False``; by default (``USE_SESSION_DEFAULT``) the ``ReferencesSession``'s
+      own ``synchronize_session``, or ``"evaluate"`` on a plain Session.
     :param on_self_reference: when the target references the source
       (``keeper.manager is dupe``): ``"raise"`` (default) or ``"null"`` to
       clear that reference first.
@@ -204,158 +86,63 @@ def merge_into(
         report = merge_into(dupe, keeper, on_conflict="delete", delete=True)
         print(report.rowcount)
     """
-    mode = "evaluate" if synchronize_session is None else synchronize_session
-    check_options(on_conflict, mode, on_self_reference)
+    mode = "evaluate" if synchronize_session is USE_SESSION_DEFAULT else synchronize_session
+    options = merge_options(on_conflict, on_self_reference, mode, delete, dry_run)
     session = session_of(source, target)
     queue = getattr(session, "_sa_references_queue", None)
-    if queue is not None and not dry_run:
-        queued: MergeReport = queue(
-            source,
-            target,
-            on_conflict=on_conflict,
-            delete=delete,
-            synchronize_session=synchronize_session,
-            on_self_reference=on_self_reference,
-        )
+    if queue is not None:
+        queued: MergeReport = queue(source, target, options, synchronize_session)
         return queued
+    return merge_objects(session, source, target, options)
+
+
+def merge_objects(
+    session: Session, source: object, target: object, options: MergeOptions
+) -> MergeReport:
+    """:func:`merge_into` once the objects and options are checked: run now."""
     session.flush()
     for role, obj in (("source", source), ("target", target)):
         state = attributes.instance_state(obj)
         if not state.persistent:
             raise ReferencesError(f"{role} {describe(state)} is not persistent")
-    source_state, target_state = (
-        attributes.instance_state(source),
-        attributes.instance_state(target),
-    )
-    source_mapper, target_mapper = source_state.mapper, target_state.mapper
+    source_state = attributes.instance_state(source)
+    target_state = attributes.instance_state(target)
+    source_mapper = source_state.mapper
     graph = graph_of(source_mapper)
-    held_by_target = set(graph.keys_held_by(target_mapper))
-    report = MergeReport(source, target, dry_run=dry_run)
-    touched: list[object] = []
-    removed: list[object] = []
-    try:
-        # reads too: a failed read leaves the session usable; a dry run is rolled back
-        # Core statements on the session's connection for the source's class (the
-        # savepoint's): the ORM's execute() adds nothing to them; only delete= flushes
-        # the ORM inside, and needs the Session's own nested transaction
-        orm = delete or dry_run
-        with repoint.savepoint(session, rollback=dry_run, mapper=source_mapper, orm=orm) as bind:
-            lock_objects(bind, [source, target])
-            plans = repoint.plan(
-                bind,
-                graph.keys_for_mapper(source_mapper),
-                lambda columns: referred_values(source, columns),
-                lambda columns: referred_values(target, columns),
-                held_by_target.__contains__,
-            )
-            repoint.check_plans(
-                plans,
-                on_conflict,
-                on_self_reference,
-                lambda: (describe(source_state), describe(target_state)),
-                dry_run,
-            )
-            if dry_run:
-                report.keys = repoint.dry_run(bind, plans, on_conflict)
-                return report
-            report.keys, all_moves = repoint.apply_all(bind, plans, on_conflict, mode == "fetch")
-            deleting = [source] if delete else []
-            synced = synchronize(session, graph, [(source, target)], all_moves, mode, deleting)
-            touched, removed = synced.touched, synced.removed
-            if delete:
-                session.delete(source)
-                session.flush()
-    except BaseException:
-        for obj in touched:
-            if attributes.instance_state(obj).session is session:
-                session.expire(obj)
-        raise
-    for obj in removed:
-        if attributes.instance_state(obj).session is session:
-            session.expunge(obj)
-    return report
+    held_by_target = set(graph.keys_held_by(target_state.mapper))
 
+    def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
+        lock_objects(connection, [source, target])
+        return [(source, target)], referred_values
 
-def lock_objects(bind: Bind, objects: Sequence[object]) -> None:
-    """:func:`~._repoint.lock_rows` for persistent objects, by identity."""
-    if repoint.dialect_of(bind).name == "sqlite":
-        return  # the whole database is locked (see lock_rows)
-    by_table: dict[Any, list[Values]] = {}
-    for obj in objects:
-        state = attributes.instance_state(obj)
-        table = state.mapper.base_mapper.local_table
-        if isinstance(table, Table) and state.key is not None:
-            by_table.setdefault(table, []).append(tuple(state.key[1]))
-    for table in sorted(by_table, key=lambda t: t.fullname):
-        missing = repoint.lock_rows(bind, table, by_table[table])
-        if missing:
-            shown = ", ".join(repr(m) for m in sorted(missing, key=repr)[:5])
-            raise ConcurrentMergeError(
-                f"{len(missing)} row(s) of {table.fullname} no longer exist ({shown}): "
-                "deleted or merged away by another transaction"
-            )
+    def holder_of(key: ReferencingKey, source_values: Values, _: Values) -> Values | None:
+        if key in held_by_target and referred_values(target, key.columns) == source_values:
+            return referred_values(target, key.identity)
+        return None
 
+    deleting = [source] if options.delete else []
+    merge = Merge(
+        graph.keys_for_mapper(source_mapper),
+        options,
+        lock_and_read,
+        mapper=source_mapper,
+        holder_of=holder_of,
+        names=lambda: (describe(source_state), describe(target_state)),
+        synchronize=lambda moves: synchronize(
+            session, graph, [(source, target)], moves, options.synchronize_session, deleting
+        ),
+    )
 
-def primary_key_values(table: Table, key: Any) -> Values:
-    """Normalise a primary key given as a scalar, a sequence or a mapping."""
-    return key_normaliser(table)(key)
+    def delete_source(_: Connection) -> None:
+        session.delete(source)
+        session.flush()
 
-
-def key_normaliser(table: Table) -> Callable[[Any], Values]:
-    """:func:`primary_key_values` for ``table``, with the columns looked at once (many keys)."""
-    columns = list(table.primary_key.columns)
-    if not columns:
-        raise ReferencesError(f"table {table.fullname} has no primary key")
-    names = ", ".join(c.name for c in columns)
-    types = [python_type_of(c) for c in columns]
-    # the usual key: one column, given as a value of its exact Python type
-    scalar_type = types[0] if len(columns) == 1 else None
-
-    def normalise(key: Any) -> Values:
-        if scalar_type is not None and type(key) is scalar_type:
-            return (key,)
-        if isinstance(key, Mapping):
-            if len(key) != len(columns) or any(c.name not in key for c in columns):
-                raise ArgumentError(f"{table.fullname} is keyed by ({names}); got {dict(key)!r}")
-            values = tuple(key[c.name] for c in columns)
-        else:
-            values = tuple(key) if isinstance(key, (tuple, list)) else (key,)
-        if len(values) != len(columns):
-            raise ArgumentError(
-                f"{table.fullname} is keyed by {len(columns)} column(s) "
-                f"({names}); got {len(values)} value(s)"
-            )
-        for column, python_type, value in zip(columns, types, values):
-            if python_type is None or type(value) is not python_type:
-                _check_key_value(table, column, python_type, value)
-        return values
-
-    return normalise
-
-
-def _check_key_value(table: Table, column: AnyColumn, python_type: type | None, value: Any) -> None:
-    """Refuse a key value no row can have, before a database casts it (1.5 read as 2)."""
-    if value is None:
-        raise ArgumentError(f"no row of {table.fullname} has a NULL {column.name}")
-    if python_type is None or isinstance(value, python_type):
-        return
-    try:
-        fits = python_type(value) == value
-    except (TypeError, ValueError, ArithmeticError):
-        fits = False
-    if not fits:
-        raise ArgumentError(
-            f"no row of {table.fullname} has {column.name} = {value!r} "
-            f"(a {python_type.__name__} column)"
-        )
-
-
-def fetch_row(bind: Bind, table: Table, key: Values, role: str) -> Mapping[AnyColumn, Any]:
-    pk = list(table.primary_key.columns)
-    row = bind.execute(select(table).where(sql.matches(pk, key))).first()
-    if row is None:
-        raise RowNotFoundError(f"{role} row {key!r} not found in {table.fullname}")
-    return {column: row._mapping[column] for column in table.columns}
+    # only delete= flushes the ORM inside the SAVEPOINT (and a dry run, to be rolled back
+    # with it): otherwise the SAVEPOINT is the connection's, with nothing of the ORM in it
+    orm = options.delete or options.dry_run
+    finish = delete_source if options.delete else None
+    (keys,) = run(session, [merge], orm=orm, session=session, finish=finish)
+    return MergeReport(source, target, dry_run=options.dry_run, keys=keys)
 
 
 def merge_rows(
@@ -383,42 +170,100 @@ def merge_rows(
         with engine.begin() as connection:
             merge_rows(connection, metadata.tables["customer"], 17, 4)
     """
-    check_options(on_conflict, "evaluate", on_self_reference)
-    repoint.check_bind(bind)
+    options = merge_options(on_conflict, on_self_reference, "evaluate", delete, dry_run)
+    check_bind(bind)
     if not isinstance(table, Table):
         raise ArgumentError(f"expected a Table; got {table!r}")
     source_key = primary_key_values(table, source)
     target_key = primary_key_values(table, target)
-    if source_key == target_key:
-        raise ReferencesError(f"cannot merge row {source_key!r} of {table.fullname} into itself")
+    _refuse_same_row(table, source_key, target_key)
     pk = list(table.primary_key.columns)
-    graph = reference_graph(table.metadata)
     report = MergeReport(source_key, target_key, dry_run=dry_run)
-    with repoint.savepoint(bind, rollback=dry_run, orm=False):
-        repoint.lock_rows(bind, table, [source_key, target_key])
-        source_row = fetch_row(bind, table, source_key, "source")
-        target_row = fetch_row(bind, table, target_key, "target")
+    found: dict[str, Any] = {}
+
+    def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
+        lock_rows(connection, table, [source_key, target_key])
+        source_row = found["source"] = fetch_row(connection, table, source_key, "source")
+        target_row = found["target"] = fetch_row(connection, table, target_key, "target")
         # the keys as the database matched them (it may have cast the values given)
-        source_key = tuple(source_row[c] for c in pk)
-        target_key = tuple(target_row[c] for c in pk)
-        if source_key == target_key:
-            raise ReferencesError(
-                f"cannot merge row {source_key!r} of {table.fullname} into itself"
-            )
-        report.source, report.target = source_key, target_key
-        plans = repoint.plan(
-            bind,
-            graph.keys_for_tables([table]),
-            lambda columns: tuple(source_row[c] for c in columns),
-            lambda columns: tuple(target_row[c] for c in columns),
-            lambda key: key.table is table,
-        )
-        names = (f"{table.fullname} {source_key!r}", f"{table.fullname} {target_key!r}")
-        repoint.check_plans(plans, on_conflict, on_self_reference, lambda: names, dry_run)
-        if dry_run:
-            report.keys = repoint.dry_run(bind, plans, on_conflict)
-            return report
-        report.keys, _ = repoint.apply_all(bind, plans, on_conflict, fetch=False)
-        if delete:
-            bind.execute(table.delete().where(sql.matches(pk, source_key)))
+        matched = tuple(source_row[c] for c in pk), tuple(target_row[c] for c in pk)
+        _refuse_same_row(table, *matched)
+        report.source, report.target = matched
+        rows = {matched[0]: source_row, matched[1]: target_row}
+        return [matched], lambda key, columns: tuple(rows[key][c] for c in columns)
+
+    def holder_of(key: ReferencingKey, source_values: Values, _: Values) -> Values | None:
+        target_row = found["target"]
+        if key.table is table and tuple(target_row[c] for c in key.columns) == source_values:
+            return tuple(target_row[c] for c in key.identity)
+        return None
+
+    def names() -> tuple[str, str]:
+        return f"{table.fullname} {report.source!r}", f"{table.fullname} {report.target!r}"
+
+    keys = reference_graph(table.metadata).keys_for_tables([table])
+    merge = Merge(keys, options, lock_and_read, table=table, holder_of=holder_of, names=names)
+    finish = _row_deleter(table, lambda: [report.source]) if delete else None
+    (report.keys,) = run(bind, [merge], finish=finish)
+    return report
+
+
+def _refuse_same_row(table: Table, source: Values, target: Values) -> None:
+    if source == target:
+        raise ReferencesError(f"cannot merge row {source!r} of {table.fullname} into itself")
+
+
+def _row_deleter(table: Table, keys: Any) -> Any:
+    """A ``finish`` step deleting the rows keyed ``keys()`` (the sources) from ``table``."""
+    pk: Sequence[AnyColumn] = list(table.primary_key.columns)
+
+    def delete_rows(connection: Connection) -> None:
+        for chunk in sql.chunks(list(keys())):
+            connection.execute(table.delete().where(sql.identity_in(pk, chunk)))
+
+    return delete_rows
+
+
+def merge_many(
+    bind: Session | Connection,
+    table: Table,
+    pairs: Iterable[tuple[Any, Any]],
+    *,
+    on_conflict: OnConflict = "raise",
+    delete: bool = False,
+    dry_run: bool = False,
+    on_self_reference: OnSelfReference = "raise",
+) -> BatchReport:
+    """Merge many rows of ``table`` at once: one set-based statement per referencing key.
+
+    ``pairs`` are ``(source key, target key)`` primary keys (scalars,
+    sequences or mappings, as for :func:`merge_rows`).  Chains resolve
+    (``a -> b`` and ``b -> c`` end with both at ``c``); a cycle raises
+    :class:`MergeCycleError` before anything runs.  Atomic: the whole batch
+    runs inside a SAVEPOINT.
+
+    E.g.::
+
+        with engine.begin() as connection:
+            report = merge_many(connection, customers, [(17, 4), (18, 4), (4, 2)])
+    """
+    options = merge_options(on_conflict, on_self_reference, "evaluate", delete, dry_run)
+    check_bind(bind)
+    if not isinstance(table, Table):
+        raise ArgumentError(f"expected a Table; got {table!r}")
+    normalise = key_normaliser(table)
+    normalised = [(normalise(s), normalise(t)) for s, t in checked_pairs(pairs)]
+    target_of = resolve_chains(normalised, lambda k: f"{table.fullname} {k!r}")
+    keys = reference_graph(table.metadata).keys_for_tables([table])
+    report = BatchReport(None, None, dry_run=dry_run, pairs=list(target_of.items()))
+
+    def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
+        involved = {*target_of, *target_of.values()}
+        missing = lock_rows(connection, table, list(involved))
+        values_of = referred_values_of_keys(connection, table, keys, involved, missing)
+        return list(target_of.items()), values_of
+
+    merge = Merge(keys, options, lock_and_read, table=table)
+    finish = _row_deleter(table, lambda: target_of) if delete and target_of else None
+    (report.keys,) = run(bind, [merge], finish=finish)
     return report

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from ._dependents import Dependents, dependents
 from ._merge import merge_into
-from ._repoint import OnConflict, OnSelfReference
+from ._options import (
+    USE_SESSION_DEFAULT,
+    OnConflict,
+    OnSelfReference,
+    SessionDefault,
+    SynchronizeMode,
+)
 from ._report import MergeReport
-from ._sync import SynchronizeMode
 
 
 class ReferencesMixin:
@@ -51,7 +56,7 @@ class ReferencesMixin:
         on_conflict: OnConflict = "raise",
         delete: bool = False,
         dry_run: bool = False,
-        synchronize_session: SynchronizeMode | None = None,
+        synchronize_session: SynchronizeMode | SessionDefault = USE_SESSION_DEFAULT,
         on_self_reference: OnSelfReference = "raise",
     ) -> MergeReport:
         """Re-point every reference to this object to ``target``.

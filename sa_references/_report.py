@@ -107,3 +107,17 @@ class MergeReport:
         lines = [f"{self.source!r} -> {self.target!r}: {verb} {self.rowcount} row(s)"]
         lines += [f"  {r}" for r in self.keys if r.repointed or r.deleted or r.left]
         return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class BatchReport(MergeReport):
+    """The result of a batch: per referencing key, totals over every merge in it."""
+
+    #: the (source, final target) pairs applied, chains resolved
+    pairs: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        verb = "would re-point" if self.dry_run else "re-pointed"
+        lines = [f"batch of {len(self.pairs)} merge(s): {verb} {self.rowcount} row(s)"]
+        lines += [f"  {r}" for r in self.keys if r.repointed or r.deleted or r.left]
+        return "\n".join(lines)

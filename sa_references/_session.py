@@ -5,46 +5,24 @@ from __future__ import annotations
 import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
 
-from ._batch import BatchReport, Chains, pairs_by_key, run_batch
-from ._merge import (
-    describe,
-    graph_of,
-    identity_values_reader,
-    lock_objects,
-    marked_for_deletion,
-)
-from ._repoint import check_options, connection_of, savepoint
-from ._report import MergeReport
-from ._sync import SynchronizeMode, SyncResult, relationships, synchronize
+from ._locks import lock_objects
+from ._merge import merge_objects
+from ._objects import describe, graph_of, identity_values_reader, marked_for_deletion
+from ._options import USE_SESSION_DEFAULT, MergeOptions, SynchronizeMode, check_options
+from ._pairs import Chains
+from ._pipeline import Merge, ValuesOf, run
+from ._report import BatchReport, MergeReport
+from ._sync import relationships, synchronize
+from ._transaction import savepoint
 from .exc import ReferencesError
 
 Values = tuple[Any, ...]
-
-
-class _Options(NamedTuple):
-    """How a queued merge is applied; merges with equal options and class go together."""
-
-    on_conflict: str
-    delete: bool
-    on_self_reference: str
-    synchronize_session: SynchronizeMode
-
-
-#: each distinct options tuple once: a queued merge holds a shared one, not its own
-_interned: dict[tuple[Any, ...], _Options] = {}
-
-
-def _options(*values: Any) -> _Options:
-    try:
-        return _interned[values]
-    except KeyError:
-        return _interned.setdefault(values, _Options(*values))
 
 
 class ReferencesSession(Session):
@@ -55,13 +33,20 @@ class ReferencesSession(Session):
     is applied: at the next flush, whether explicit, an autoflush before a
     query, or the one ``commit()`` runs, even when nothing else is pending.
     For each referencing key, all the queued merges are re-pointed by one
-    UPDATE joined to a temporary mapping table, inside one SAVEPOINT.
-    ``rollback()`` drops the queue.
+    UPDATE joined to their pairs (a temporary mapping table; on PostgreSQL,
+    ``unnest()`` of arrays), inside one SAVEPOINT.  ``rollback()`` drops the
+    queue.  When applying the queue fails, nothing of it is kept in the
+    database and the queue stays as it was (its deletions included): fix the
+    cause, or ``rollback()``.
 
     Chains resolve (``a.merge_into(b); b.merge_into(c)`` ends with everything
-    at ``c``); a cycle is refused with :class:`ReferencesError` when queued.
-    A queued merge's report gives the totals of the whole batch it was
-    applied with (``report.batch``).
+    at ``c``); a cycle is refused with :class:`MergeCycleError` when queued.
+    Queueing the same merge again returns its report, and the options given
+    last are the ones it is applied with.  A queued merge's
+    report gives the totals of the whole batch it was applied with
+    (``report.batch``).  A dry run (``merge_into(..., dry_run=True)``) is not
+    queued: it reports what the merge would do once the queued merges are
+    applied, and leaves the queue and the database as they were.
 
     :param synchronize_session: the default for ``merge_into`` on this
       session: ``"evaluate"`` (default), ``"fetch"``, ``"expire"`` or ``False``.
@@ -92,7 +77,7 @@ class ReferencesSession(Session):
         self._queued: list[MergeReport] = []
         #: by id(source): the report, and the options the merge was queued with
         self._reports: dict[int, MergeReport] = {}
-        self._options: dict[int, _Options] = {}
+        self._options: dict[int, MergeOptions] = {}
         #: by id(): every source and target queued
         self._objects: dict[int, object] = {}
         self._chains: Chains[int] = Chains(self._describe)
@@ -111,25 +96,22 @@ class ReferencesSession(Session):
 
     # -- queueing ---------------------------------------------------------
     def _sa_references_queue(
-        self,
-        source: object,
-        target: object,
-        *,
-        on_conflict: str,
-        delete: bool,
-        synchronize_session: SynchronizeMode | None,
-        on_self_reference: str,
+        self, source: object, target: object, options: MergeOptions, asked_mode: Any
     ) -> MergeReport:
-        mode = self.synchronize_session if synchronize_session is None else synchronize_session
+        if asked_mode is USE_SESSION_DEFAULT:
+            options = options.but(synchronize_session=self.synchronize_session)
+        if options.dry_run:
+            return self._dry_run(source, target, options)
         source_id = id(source)
         objects = self._objects
         objects.setdefault(source_id, source)
         objects.setdefault(id(target), target)
         if not self._chains.add(source_id, id(target)):  # the same merge, queued again
+            self._options[source_id] = options  # with the options asked last
             return self._reports[source_id]
         report = MergeReport(source, target, applied=False)
         self._reports[source_id] = report
-        self._options[source_id] = _options(on_conflict, delete, on_self_reference, mode)
+        self._options[source_id] = options
         self._queued.append(report)
         return report
 
@@ -138,13 +120,16 @@ class ReferencesSession(Session):
 
     def _clear_queue(self, keep: int = 0) -> None:
         """Drop the queued merges after the first ``keep``."""
-        kept, options = self._queued[:keep], self._options
+        self._restore_queue(self._queued[:keep], self._options)
+
+    def _restore_queue(self, reports: Sequence[MergeReport], options: dict[int, Any]) -> None:
+        """Make ``reports`` (with their ``options``, by id of source) the whole queue."""
         self._queued = []
         self._reports = {}
         self._options = {}
         self._objects = {}
         self._chains = Chains(self._describe)
-        for report in kept:
+        for report in reports:
             source, target = report.source, report.target
             self._objects[id(source)] = source
             self._objects[id(target)] = target
@@ -168,67 +153,93 @@ class ReferencesSession(Session):
         super().flush(objects)
 
     def _apply_queue(self) -> None:
-        groups = self._take_queue()
+        queued, options = list(self._queued), dict(self._options)
+        groups = self._groups()
+        self._check_groups(groups)
+        self._clear_queue()
         self._applying = True
         deleted = self.deleted  # one IdentitySet: each call builds a new one
         deferred = [r.source for g in groups for r in g.reports if r.source in deleted]
-        touched: list[object] = []
-        removed: list[object] = []
         try:
             for source in deferred:
                 _undelete(self, source, deleted)
             super().flush()  # pending rows that reference a source are written first
             asked = (source for group in groups for source in group.deleting)
             deleting = list({id(s): s for s in (*asked, *deferred)}.values())  # each once
-            # on the connection the session binds the (first) merged class to; other binds
-            # the groups use get their SAVEPOINT from the Session's nested transaction
-            with savepoint(self, mapper=groups[0].mapper):
-                for group in groups:
-                    synced = _apply_group(self, group, deleting)
-                    touched += synced.touched
-                    removed += synced.removed
-                for source in deleting:
-                    self.delete(source)
+            merges = [_group_merge(self, group, deleting) for group in groups]
+            results = run(
+                self, merges, orm=True, session=self, finish=lambda _: self._delete(deleting)
+            )
         except BaseException:
-            for obj in touched:
-                if instance_state(obj).session is self:
-                    self.expire(obj)
+            # nothing of the queue was kept: it comes back whole, with its deletions
             for source in deferred:
                 if source not in self.deleted:
                     self.delete(source)
+            self._restore_queue(queued, options)
             raise
         finally:
             self._applying = False
-        for obj in removed:
-            if instance_state(obj).session is self:
-                self.expunge(obj)
+        for group, keys in zip(groups, results):
+            _report_group(group, keys)
 
-    def _take_queue(self) -> list[_Group]:
-        """The queued merges by class and options, with their final targets; the queue empties."""
+    def _delete(self, sources: Sequence[object]) -> None:
+        for source in sources:
+            self.delete(source)
+
+    def _groups(self) -> list[_Group]:
+        """The queued merges by class and options, with their final targets."""
         objects, target_of, options = self._objects, self._chains.target_of, self._options
         groups: dict[tuple[Any, ...], _Group] = {}
         for report in self._queued:
             source = report.source
             merge = options[id(source)]
             # ``delete`` is per merge: merges that differ only in it are one batch
-            key = (instance_state(source).mapper, *merge[:1], *merge[2:])
+            key = (instance_state(source).mapper, merge.but(delete=False))
             group = groups.get(key)
             if group is None:
-                group = groups[key] = _Group(merge)
+                group = groups[key] = _Group(merge.but(delete=False))
             group.reports.append(report)
             group.pairs.append((source, objects[target_of[id(source)]]))
             if merge.delete:
                 group.deleting.append(source)
-        self._clear_queue()
         return list(groups.values())
+
+    def _check_groups(self, groups: Sequence[_Group]) -> None:
+        """Refuse, before anything is written, merges whose rows are gone or going."""
+        for group in groups:
+            for source, target in group.pairs:
+                for role, obj in (("source", source), ("target", target)):
+                    state = instance_state(obj)
+                    going = obj is target and marked_for_deletion(self, state)
+                    if not state.persistent or going:
+                        what = "marked for deletion" if going else "no longer persistent"
+                        raise ReferencesError(f"queued merge {role} {describe(state)} is {what}")
+
+    def _dry_run(self, source: object, target: object, options: MergeOptions) -> MergeReport:
+        """What the merge would do once the queued merges are applied: both run in a
+        SAVEPOINT that is rolled back; the queue and loaded objects stay as they were."""
+        if not self._queued:
+            return merge_objects(self, source, target, options)
+        groups = self._groups()
+        self._check_groups(groups)
+        self._applying = True
+        try:
+            with savepoint(self, rollback=True, mapper=groups[0].mapper):
+                merges = [_group_merge(self, group, (), sync=False) for group in groups]
+                run(self, merges, orm=True)
+                report = merge_objects(self, source, target, options)
+        finally:
+            self._applying = False
+        report.dry_run = True
+        return report
 
 
 @dataclass(slots=True)
 class _Group:
     """Queued merges of one class with the same options: applied together."""
 
-    #: the first merge's options (``delete`` aside, all of the group's)
-    options: _Options
+    #: the options of the group's merges (``delete`` aside, which is per merge)
+    options: MergeOptions
     reports: list[MergeReport] = field(default_factory=list)
     #: (source, final target), chains resolved
     pairs: list[tuple[object, object]] = field(default_factory=list)
@@ -239,6 +250,39 @@ class _Group:
     def mapper(self) -> Mapper[Any]:
         mapper: Mapper[Any] = instance_state(self.pairs[0][0]).mapper
         return mapper
+
+
+def _group_merge(
+    session: Session, group: _Group, deleting: Sequence[object], sync: bool = True
+) -> Merge:
+    """The pipeline's description of a group: objects locked, values read from identities."""
+    mapper, pairs, options = group.mapper, group.pairs, group.options
+    graph = graph_of(mapper)
+
+    def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
+        lock_objects(connection, [obj for pair in pairs for obj in pair])
+        return pairs, identity_values_reader()
+
+    mode = options.synchronize_session
+    return Merge(
+        graph.keys_for_mapper(mapper),
+        options,
+        lock_and_read,
+        mapper=mapper,
+        synchronize=(
+            (lambda moves: synchronize(session, graph, pairs, moves, mode, deleting))
+            if sync
+            else None
+        ),
+    )
+
+
+def _report_group(group: _Group, keys: list[Any]) -> None:
+    batch = BatchReport(None, None, keys=keys, pairs=group.pairs)
+    for report in group.reports:
+        report.keys = keys
+        report.batch = batch
+        report.applied = True
 
 
 def _undelete(session: Session, source: object, deleted: Collection[object]) -> None:
@@ -255,35 +299,6 @@ def _undelete(session: Session, source: object, deleted: Collection[object]) -> 
                 for member in list(members or ()):
                     if member is not None and member in deleted:
                         session.add(member)
-
-
-def _apply_group(session: Session, group: _Group, deleting: Sequence[object]) -> SyncResult:
-    for source, target in group.pairs:
-        for role, obj in (("source", source), ("target", target)):
-            state = instance_state(obj)
-            if not state.persistent or (obj is target and marked_for_deletion(session, state)):
-                raise ReferencesError(f"queued merge {role} {obj!r} is no longer persistent")
-    pairs, options, mapper = group.pairs, group.options, group.mapper
-    # Core statements, on the connection the session binds the class to (a Session would
-    # send a statement about an unmapped mapping table to its default bind)
-    bind = connection_of(session, mapper)
-    lock_objects(bind, [obj for pair in pairs for obj in pair])
-    graph = graph_of(mapper)
-    keys = graph.keys_for_mapper(mapper)
-    key_pairs = pairs_by_key(bind, keys, pairs, identity_values_reader())
-    results, moves = run_batch(
-        bind,
-        key_pairs,
-        on_conflict=options.on_conflict,
-        on_self_reference=options.on_self_reference,
-        fetch=options.synchronize_session == "fetch",
-    )
-    batch = BatchReport(None, None, keys=results, pairs=pairs)
-    for report in group.reports:
-        report.keys = results
-        report.batch = batch
-        report.applied = True
-    return synchronize(session, graph, pairs, moves, options.synchronize_session, deleting)
 
 
 def _apply_before_commit(session: ReferencesSession) -> None:

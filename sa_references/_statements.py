@@ -143,6 +143,14 @@ def rows_of(key: ReferencingKey) -> Select[Any]:
 
 
 @cached
+def self_references(key: ReferencingKey) -> Select[Any]:
+    """Identity of the target's own row when it references ``:src_<i>`` through ``key``
+    (a self-referential key: the target's row is a row of the referencing table)."""
+    own = [c == p for c, p in zip(key.referred_columns, _named(key.columns, "tgt"))]
+    return select(*key.identity).where(_from_source(key), *own)
+
+
+@cached
 def _repoint(key: ReferencingKey) -> Update:
     targets = _named(key.columns, "tgt")
     return (

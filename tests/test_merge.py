@@ -515,7 +515,7 @@ def test_the_savepoint_of_a_single_merge(
 def test_savepoints_nest(session: Session, shop: dict[str, Any]) -> None:
     """The savepoint of a single merge inside another: each undoes its own block only
     (on MariaDB each nesting level has its own name, reused merge after merge)."""
-    from sa_references._repoint import savepoint
+    from sa_references._transaction import savepoint
 
     connection = session.connection()
     table = Customer.__table__

@@ -166,10 +166,11 @@ def test_two_sources_clash_in_one_target(rsession: ReferencesSession) -> None:
         rsession.flush()
     assert info.value.conflicts[0].table == "customer_group"
     assert info.value.conflicts[0].sources == ((b.id,),)
-    assert rsession.queued_merges == 0  # nothing of the batch remains
-    rows = rsession.execute(select(customer_group.c.customer_id)).scalars().all()
+    assert rsession.queued_merges == 2  # nothing of the batch ran; the queue came back whole
+    with rsession.no_autoflush:  # an autoflush would apply the queue, and fail again
+        rows = rsession.execute(select(customer_group.c.customer_id)).scalars().all()
     assert sorted(rows) == sorted([a.id, b.id, other.id])
-    # the session is usable: queue again, deleting the clash
+    # the session is usable: queue again, deleting the clash (the options asked last apply)
     a.merge_into(keeper, on_conflict="delete")
     b.merge_into(keeper, on_conflict="delete")
     rsession.flush()
@@ -276,6 +277,10 @@ def test_failure_leaves_nothing_of_the_batch(rsession: ReferencesSession) -> Non
     assert "zz_trap(customer_id)" in notes and "pair" in notes
     assert owners(rsession) == before
     assert [o.customer for o in orders_a] == [a, a]
+    assert rsession.queued_merges == 2  # the queue came back whole: nothing of it ran
+    with pytest.raises(DBAPIError):  # and is applied, whole, at the next flush
+        rsession.flush()
+    rsession.rollback()  # drops it
     assert rsession.queued_merges == 0
     rsession.add(Order(customer=b, note="after"))
     rsession.flush()

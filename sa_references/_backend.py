@@ -1,0 +1,97 @@
+"""What a database backend can do, asked once per dialect.
+
+Every difference between SQLite, PostgreSQL and MySQL/MariaDB that a merge
+depends on is decided here and nowhere else: the rest of the package asks a
+:class:`Backend` for a capability, never a dialect for its name.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+
+#: how many primary keys one locking SELECT passes: IN lists, one PostgreSQL array,
+#: one MySQL JSON array of integers
+LockShape = Literal["in", "array", "json"]
+
+#: how a single merge's SAVEPOINT ends: RELEASEd, or never released but set again
+#: under the same name by the next merge (MySQL/MariaDB replace a savepoint set twice)
+SavepointStyle = Literal["released", "reused"]
+
+#: how a batch's (source, target) pairs reach the database: one array parameter per
+#: column (PostgreSQL ``unnest()``), or a temporary table
+PairsShape = Literal["arrays", "temporary_table"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The capabilities of one dialect (see :func:`backend_of`)."""
+
+    #: ``SELECT ... FOR UPDATE`` locks rows (SQLite locks the whole database instead)
+    row_locks: bool
+    #: how a locking SELECT passes many primary keys
+    lock_shape: LockShape
+    #: plain SELECTs may answer from a REPEATABLE READ snapshot older than the locks
+    #: (InnoDB): reads that must see the latest rows are locking reads
+    snapshot_reads: bool
+    #: how a single merge's Core SAVEPOINT ends
+    savepoint_style: SavepointStyle
+    #: the driver may hold no transaction open before a SAVEPOINT (pysqlite): BEGIN first
+    begin_before_savepoint: bool
+    #: several UPDATEs run as one statement of data-modifying CTEs
+    combined_updates: bool
+    #: how a batch's pairs are passed for integer and string columns
+    pairs_shape: PairsShape
+    #: temporary tables outlive ROLLBACK TO SAVEPOINT (MySQL: no transactional DDL)
+    temporary_tables_survive_rollback: bool
+    #: ``DROP TEMPORARY TABLE`` is how a temporary table is dropped
+    drop_temporary_keyword: bool
+    #: many integer keys can be matched against one JSON array parameter (SQLite 3.38+)
+    json_key_lists: bool
+    #: ``UPDATE ... RETURNING`` on one table, and on an UPDATE joined to other tables
+    update_returning: bool
+    update_returning_multifrom: bool
+    #: string comparisons may be equal for values Python finds different (MySQL's
+    #: case-insensitive, PAD SPACE collations): memory cannot compute what matched
+    inexact_string_comparison: bool
+
+
+_backends: weakref.WeakKeyDictionary[Dialect, Backend] = weakref.WeakKeyDictionary()
+
+
+def backend_of(bind: Connection | Dialect) -> Backend:
+    """The :class:`Backend` of a connection's (or a dialect's) database, computed once."""
+    dialect = bind.dialect if isinstance(bind, Connection) else bind
+    try:
+        return _backends[dialect]
+    except KeyError:
+        backend = _backends[dialect] = _describe(dialect)
+        return backend
+
+
+def _describe(dialect: Dialect) -> Backend:
+    name = dialect.name
+    version = dialect.server_version_info or ()
+    sqlite, postgresql, mysql = name == "sqlite", name == "postgresql", name == "mysql"
+    mariadb = bool(getattr(dialect, "is_mariadb", False))
+    # MariaDB 10.6 and MySQL 8.0.4 brought JSON_TABLE
+    json_table = mysql and version >= ((10, 6) if mariadb else (8, 0, 4))
+    return Backend(
+        row_locks=not sqlite,
+        lock_shape="array" if postgresql else "json" if json_table else "in",
+        snapshot_reads=mysql,
+        savepoint_style="reused" if mysql else "released",
+        begin_before_savepoint=sqlite,
+        combined_updates=postgresql,
+        pairs_shape="arrays" if postgresql else "temporary_table",
+        temporary_tables_survive_rollback=mysql,
+        drop_temporary_keyword=mysql,
+        json_key_lists=sqlite and version >= (3, 38),  # JSON functions built in
+        update_returning=bool(dialect.update_returning),
+        update_returning_multifrom=bool(dialect.update_returning_multifrom),
+        inexact_string_comparison=mysql,
+    )
