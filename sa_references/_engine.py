@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError
 
@@ -34,7 +34,7 @@ from ._keys import ReferencingKey
 from ._mapping import TemporaryTables
 from ._report import Conflict, KeyResult, clashing_rows
 from ._sync import KeyMoves
-from .exc import MergeConflictError, SelfReferenceError
+from .exc import MergeConflictError, SelfReferenceError, SharedColumnError
 
 Values = tuple[Any, ...]
 #: for a single merge whose rows are known: the identity of the target's own row when it
@@ -158,6 +158,8 @@ def plan_keys(
     """Per key with pairs: its mapping (shared by keys with equal pairs), the targets that
     reference their own source, and the conflicts, read before anything is written."""
     plans = [KeyPlan(key, pairs) for key, pairs in key_pairs.items() if pairs]
+    for plan in plans:
+        _refuse_shared_changes(connection, plan)
     _share_mappings(tables, plans)
     for plan in plans:
         plan.self_references = _read_self_references(connection, plan, holder_of)
@@ -283,6 +285,30 @@ def check_plans(
     conflicts = [c for p in plans for c in p.conflicts]
     if conflicts and on_conflict == "raise" and not dry_run:
         raise MergeConflictError(conflicts)
+
+
+def _refuse_shared_changes(connection: Connection, plan: KeyPlan) -> None:
+    """A column the key shares with another key (or the primary key) must keep its value
+    on every row re-pointed: refused, before anything is written, when rows would change."""
+    key = plan.key
+    positions = [position for position, _ in key.shared]
+    changing = [s for s, t in plan.pairs.items() if any(s[p] != t[p] for p in positions)]
+    if not changing:
+        return
+    statement = select(func.count()).select_from(key.table)
+    statement = statement.where(sql.identity_in(key.columns, changing))
+    if not execute(connection, statement, key, "counting").scalar_one():
+        return  # nothing references those sources: nothing would change
+    source = changing[0]
+    target = plan.pairs[source]
+    position, others = next((p, o) for p, o in key.shared if source[p] != target[p])
+    column = key.columns[position].name
+    raise SharedColumnError(
+        f"re-pointing {key.name} from {source!r} to {target!r} would change "
+        f"{key.table.fullname}.{column}, which {others} also holds: those rows would "
+        f"silently reference something else (merge only rows whose "
+        f"{key.referred_columns[position].name} is the same)"
+    )
 
 
 def _self_reference_error(plan: KeyPlan, names: Names | None) -> SelfReferenceError:

@@ -91,6 +91,10 @@ class ReferencingKey:
     referred_columns: tuple[AnyColumn, ...]
     unique_keys: tuple[UniqueKey, ...] = field(repr=False)
     identity: tuple[AnyColumn, ...] = field(repr=False)
+    #: positions in :attr:`columns` of the columns this key shares with another foreign
+    #: key of its table (or with its primary key, unless the key lies wholly inside it),
+    #: each with what it is shared with: re-pointing must leave them unchanged
+    shared: tuple[tuple[int, str], ...] = field(default=(), repr=False)
     #: statements and lookups built for this key, kept with it (see _statements.cached)
     cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -204,6 +208,26 @@ def _inheritance_constraints(mappers: Iterable[Mapper[Any]]) -> set[ForeignKeyCo
     return found
 
 
+def _shared_columns(table: Table, fk: ForeignKeyConstraint) -> tuple[tuple[int, str], ...]:
+    """See :attr:`ReferencingKey.shared`: rewriting such a column would silently change
+    what another key of the row references (multi-tenant ``tenant_id``), or move the row
+    itself (its primary key) while the key keeps columns outside it."""
+    primary = set(table.primary_key.columns)
+    inside_primary = set(fk.columns) <= primary
+    shared = []
+    for position, column in enumerate(fk.columns):
+        others = [
+            f"{table.fullname}({', '.join(c.name for c in other.columns)})"
+            for other in table.foreign_key_constraints
+            if other is not fk and column in set(other.columns)
+        ]
+        if column in primary and not inside_primary:
+            others.append(f"the primary key of {table.fullname}")
+        if others:
+            shared.append((position, " and ".join(sorted(set(others)))))
+    return tuple(shared)
+
+
 class ReferenceGraph:
     """Every referencing key of one :class:`MetaData`, indexed by referred table."""
 
@@ -245,6 +269,7 @@ class ReferenceGraph:
                             u for u in unique_keys if set(u.columns) & set(fk.columns)
                         ),
                         identity=identity,
+                        shared=_shared_columns(table, fk),
                     )
                 )
         self.by_referred = {

@@ -1,4 +1,10 @@
-"""Locking the merged rows, in primary key order, until the transaction ends."""
+"""Locking the merged rows, in primary key order, until the transaction ends.
+
+The locking SELECT is also how a merge reads the merged rows' referred values
+that are not in their primary key (a unique ``code``): read as locked, they
+are the latest committed values, never a loaded object's or a REPEATABLE READ
+snapshot's older ones.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from sqlalchemy.orm import attributes
 
 from . import _statements as sql
 from ._backend import backend_of
+from ._keys import AnyColumn
 from .exc import ConcurrentMergeError
 
 Values = tuple[Any, ...]
@@ -27,31 +34,70 @@ def lock_rows(
     them.  SQLite locks the whole database and needs nothing here: None, no
     row was looked at.
     """
-    backend = backend_of(connection)
-    if not backend.row_locks:
+    if not backend_of(connection).row_locks:
         return None
     wanted = set(identities)
-    found: set[Values] = set()
-    for statement, params in sql.lock_rows(table, list(wanted), shape=backend.lock_shape):
-        found.update(tuple(row) for row in connection.execute(statement, params))
-    return wanted - found
+    return wanted - set(read_locked(connection, table, list(wanted)))
 
 
-def lock_objects(connection: Connection, objects: Sequence[object]) -> None:
-    """:func:`lock_rows` for persistent objects, by identity."""
-    if not backend_of(connection).row_locks:
-        return  # the whole database is locked (see lock_rows)
+def read_locked(
+    connection: Connection,
+    table: Any,
+    identities: Sequence[Values],
+    columns: tuple[AnyColumn, ...] = (),
+) -> dict[Values, Values]:
+    """The rows keyed ``identities`` that exist, locked where the backend locks rows:
+    ``{identity: values of columns}``."""
+    backend = backend_of(connection)
+    found: dict[Values, Values] = {}
+    width = len(table.primary_key.columns)
+    statements = sql.lock_rows(
+        table, identities, shape=backend.lock_shape, columns=columns, lock=backend.row_locks
+    )
+    for statement, params in statements:
+        for row in connection.execute(statement, params):
+            found[tuple(row[:width])] = tuple(row[width:])
+    return found
+
+
+def lock_objects(
+    connection: Connection, objects: Sequence[object], columns: Sequence[AnyColumn] = ()
+) -> dict[int, dict[AnyColumn, Any]]:
+    """:func:`lock_rows` for persistent objects, by identity; a row gone since it was
+    loaded is refused (:class:`ConcurrentMergeError`, retryable).
+
+    Returns, by ``id(obj)``, the values of those of ``columns`` that are in the
+    object's base table, as locked (read without a lock where the backend locks
+    no rows); nothing is read when there are none.
+    """
     by_table: dict[Any, list[Values]] = {}
+    wanted: dict[Any, tuple[AnyColumn, ...]] = {}
     for obj in objects:
         state = attributes.instance_state(obj)
         table = state.mapper.base_mapper.local_table
         if isinstance(table, Table) and state.key is not None:
             by_table.setdefault(table, []).append(tuple(state.key[1]))
+            if table not in wanted:
+                wanted[table] = tuple(c for c in columns if c.table is table)
+    row_locks = backend_of(connection).row_locks
+    values: dict[tuple[Any, Values], Values] = {}
     for table in sorted(by_table, key=lambda t: t.fullname):
-        missing = lock_rows(connection, table, by_table[table])
+        if not row_locks and not wanted[table]:
+            continue  # the whole database is locked, and there is nothing to read
+        found = read_locked(connection, table, by_table[table], wanted[table])
+        missing = set(by_table[table]) - set(found)
         if missing:
             shown = ", ".join(repr(m) for m in sorted(missing, key=repr)[:5])
             raise ConcurrentMergeError(
                 f"{len(missing)} row(s) of {table.fullname} no longer exist ({shown}): "
                 "deleted or merged away by another transaction"
             )
+        values.update({(table, identity): row for identity, row in found.items()})
+    read: dict[int, dict[AnyColumn, Any]] = {}
+    for obj in objects:
+        state = attributes.instance_state(obj)
+        table = state.mapper.base_mapper.local_table
+        if state.key is not None and wanted.get(table):
+            row = values[table, tuple(state.key[1])]
+            read[id(obj)] = dict(zip(wanted[table], row))
+    return read

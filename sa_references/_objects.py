@@ -11,7 +11,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import InstanceState, Mapper, Session, attributes
 from sqlalchemy.orm.exc import UnmappedClassError, UnmappedColumnError
 
-from ._keys import AnyColumn, ReferenceGraph, reference_graph
+from ._keys import AnyColumn, ReferenceGraph, ReferencingKey, reference_graph
 from .exc import ReferencesError
 
 Values = tuple[Any, ...]
@@ -153,3 +153,44 @@ def graph_of(mapper: Mapper[Any]) -> ReferenceGraph:
         if isinstance(table, Table):
             return reference_graph(table.metadata)
     raise ArgumentError(f"{mapper} maps no Table")
+
+
+def referred_columns_to_read(keys: Sequence[ReferencingKey]) -> tuple[AnyColumn, ...]:
+    """The referred columns of ``keys`` outside their table's primary key: read from the
+    locked rows (a primary key is the row's identity, known without reading)."""
+    columns = (c for key in keys for c in key.referred_columns)
+    return tuple(dict.fromkeys(c for c in columns if not c.primary_key))
+
+
+def values_as_locked(
+    objects: Sequence[object],
+    read: dict[int, dict[AnyColumn, Any]],
+    otherwise: Callable[[object, tuple[AnyColumn, ...]], Values],
+) -> Callable[[object, tuple[AnyColumn, ...]], Values]:
+    """How to read an object's referred values: from its row as locked (``read``, by
+    ``id(obj)``) where it was read there, else with ``otherwise``.  Loaded attributes
+    that differ from the locked row (changed by another transaction) are set to it."""
+    for obj in objects:
+        row = read.get(id(obj))
+        if row:
+            _in_step_with(obj, row)
+
+    def values_of(obj: object, columns: tuple[AnyColumn, ...]) -> Values:
+        row = read.get(id(obj))
+        if row is not None and all(c in row for c in columns):
+            return tuple(row[c] for c in columns)
+        return otherwise(obj, columns)
+
+    return values_of
+
+
+def _in_step_with(obj: object, row: dict[AnyColumn, Any]) -> None:
+    state = attributes.instance_state(obj)
+    mapper = state.mapper
+    for column, value in row.items():
+        try:
+            name = mapper.get_property_by_column(column).key
+        except UnmappedColumnError:
+            continue
+        if name in state.dict and state.dict[name] != value and name not in state.committed_state:
+            attributes.set_committed_value(obj, name, value)

@@ -122,22 +122,30 @@ def key_normaliser(table: Table) -> Callable[[Any], Values]:
                 f"{table.fullname} is keyed by {len(columns)} column(s) "
                 f"({names}); got {len(values)} value(s)"
             )
-        for column, python_type, value in zip(columns, types, values):
-            if python_type is None or type(value) is not python_type:
-                _check_key_value(table, column, python_type, value)
-        return values
+        if all(p is not None and type(v) is p for p, v in zip(types, values)):
+            return values
+        return tuple(
+            _checked_key_value(table, column, python_type, value)
+            for column, python_type, value in zip(columns, types, values)
+        )
 
     return normalise
 
 
-def _check_key_value(table: Table, column: AnyColumn, python_type: type | None, value: Any) -> None:
-    """Refuse a key value no row can have, before a database casts it (1.5 read as 2)."""
+def _checked_key_value(
+    table: Table, column: AnyColumn, python_type: type | None, value: Any
+) -> Any:
+    """A key value as the column's Python type; refused when no row can have it, before a
+    database casts it (1.5 read as 2).  Values of other numeric types that are equal
+    (``numpy.int64(5)``, ``Decimal(5)`` for an integer key) are converted: a driver may
+    pass them on as something the database never finds equal (SQLite: as text)."""
     if value is None:
         raise ArgumentError(f"no row of {table.fullname} has a NULL {column.name}")
     if python_type is None or isinstance(value, python_type):
-        return
+        return value
     try:
-        fits = python_type(value) == value
+        converted = python_type(value)
+        fits = converted == value
     except (TypeError, ValueError, ArithmeticError):
         fits = False
     if not fits:
@@ -145,11 +153,18 @@ def _check_key_value(table: Table, column: AnyColumn, python_type: type | None, 
             f"no row of {table.fullname} has {column.name} = {value!r} "
             f"(a {python_type.__name__} column)"
         )
+    return converted
 
 
-def fetch_row(bind: Bind, table: Table, key: Values, role: str) -> Mapping[AnyColumn, Any]:
+def fetch_row(
+    bind: Bind, table: Table, key: Values, role: str, *, lock: bool = False
+) -> Mapping[AnyColumn, Any]:
+    """The row keyed ``key``; ``lock``: by a locking read where the backend locks rows."""
     pk = list(table.primary_key.columns)
-    row = bind.execute(select(table).where(sql.matches(pk, key))).first()
+    statement = select(table).where(sql.matches(pk, key))
+    if lock and isinstance(bind, Connection) and backend_of(bind).row_locks:
+        statement = statement.with_for_update()
+    row = bind.execute(statement).first()
     if row is None:
         raise RowNotFoundError(f"{role} row {key!r} not found in {table.fullname}")
     return {column: row._mapping[column] for column in table.columns}

@@ -13,7 +13,14 @@ from sqlalchemy.orm.attributes import instance_state
 
 from ._locks import lock_objects
 from ._merge import merge_objects
-from ._objects import describe, graph_of, identity_values_reader, marked_for_deletion
+from ._objects import (
+    describe,
+    graph_of,
+    identity_values_reader,
+    marked_for_deletion,
+    referred_columns_to_read,
+    values_as_locked,
+)
 from ._options import USE_SESSION_DEFAULT, MergeOptions, SynchronizeMode, check_options
 from ._pairs import Chains
 from ._pipeline import Merge, ValuesOf, run
@@ -258,14 +265,16 @@ def _group_merge(
     """The pipeline's description of a group: objects locked, values read from identities."""
     mapper, pairs, options = group.mapper, group.pairs, group.options
     graph = graph_of(mapper)
+    keys = graph.keys_for_mapper(mapper)
 
     def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
-        lock_objects(connection, [obj for pair in pairs for obj in pair])
-        return pairs, identity_values_reader()
+        objects = [obj for pair in pairs for obj in pair]
+        read = lock_objects(connection, objects, referred_columns_to_read(keys))
+        return pairs, values_as_locked(objects, read, identity_values_reader())
 
     mode = options.synchronize_session
     return Merge(
-        graph.keys_for_mapper(mapper),
+        keys,
         options,
         lock_and_read,
         mapper=mapper,

@@ -6,7 +6,7 @@ import functools
 import json
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import column as sql_column
 
+from ._backend import LockShape
 from ._keys import AnyColumn, ReferencingKey, UniqueKey, python_type_of
 
 Values = tuple[Any, ...]
@@ -397,15 +398,17 @@ LOCK_CHUNK = 1000
 _locks: weakref.WeakKeyDictionary[Any, dict[Any, Select[Any]]] = weakref.WeakKeyDictionary()
 
 
-#: how :func:`lock_rows` passes the keys: IN lists, a PostgreSQL array, a MySQL JSON array
-LockShape = Literal["in", "array", "json"]
-
-
-def _lock_statement(table: Any, pk: tuple[AnyColumn, ...], shape: LockShape) -> Select[Any]:
+def _lock_statement(
+    table: Any,
+    pk: tuple[AnyColumn, ...],
+    shape: LockShape,
+    columns: tuple[AnyColumn, ...] = (),
+    lock: bool = True,
+) -> Select[Any]:
     """The statement :func:`lock_rows` runs, with one parameter ``lock_ids``."""
     by_shape = _locks.setdefault(table, {})
     try:
-        return by_shape[shape, pk]
+        return by_shape[shape, pk, columns, lock]
     except KeyError:
         pass
     if shape == "array":
@@ -419,8 +422,10 @@ def _lock_statement(table: Any, pk: tuple[AnyColumn, ...], shape: LockShape) -> 
     else:
         wanted: Any = bindparam("lock_ids", expanding=True)
         matched = pk[0].in_(wanted) if len(pk) == 1 else tuple_(*pk).in_(wanted)
-    statement = select(*pk).where(matched).order_by(*pk).with_for_update()
-    by_shape[shape, pk] = statement
+    statement = select(*pk, *columns).where(matched).order_by(*pk)
+    if lock:
+        statement = statement.with_for_update()
+    by_shape[shape, pk, columns, lock] = statement
     return statement
 
 
@@ -447,7 +452,12 @@ def rows_by_json_keys(
 
 
 def lock_rows(
-    table: Any, identities: Sequence[Values], *, shape: LockShape = "in"
+    table: Any,
+    identities: Sequence[Values],
+    *,
+    shape: LockShape = "in",
+    columns: tuple[AnyColumn, ...] = (),
+    lock: bool = True,
 ) -> Iterator[tuple[Select[Any], dict[str, Any]]]:
     """``SELECT pk ... ORDER BY pk FOR UPDATE`` over ``identities``, in primary key order.
 
@@ -456,7 +466,8 @@ def lock_rows(
     of rows, instead of chunks of ``IN``: ``shape="array"`` (PostgreSQL,
     ``= ANY(:array)``) or, for integers, ``shape="json"`` (MariaDB 10.6+, MySQL 8.0.4+:
     ``IN (SELECT .. FROM JSON_TABLE(:json, ..))``, when more than one IN list would be
-    needed: for a few keys, IN is quicker).
+    needed: for a few keys, IN is quicker).  The rows' ``columns`` follow their primary
+    key (read as locked: the latest committed values); ``lock=False`` only reads them.
     """
     pk = tuple(table.primary_key.columns)
     try:
@@ -464,13 +475,14 @@ def lock_rows(
     except TypeError:  # values of mixed types: any fixed total order will do
         ordered = sorted(set(identities), key=repr)
     if shape == "array" and len(pk) == 1:
-        yield _lock_statement(table, pk, "array"), {"lock_ids": [v for (v,) in ordered]}
+        statement = _lock_statement(table, pk, "array", columns, lock)
+        yield statement, {"lock_ids": [v for (v,) in ordered]}
         return
     if shape == "json" and len(ordered) > LOCK_CHUNK and json_keys_fit(table):
         values = json.dumps([int(v) for (v,) in ordered])
-        yield _lock_statement(table, pk, "json"), {"lock_ids": values}
+        yield _lock_statement(table, pk, "json", columns, lock), {"lock_ids": values}
         return
-    statement = _lock_statement(table, pk, "in")
+    statement = _lock_statement(table, pk, "in", columns, lock)
     for chunk in chunks(ordered, LOCK_CHUNK):
         values_in = [v for (v,) in chunk] if len(pk) == 1 else list(chunk)
         yield statement, {"lock_ids": values_in}
