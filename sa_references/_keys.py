@@ -178,10 +178,19 @@ def _unique_keys(table: Table) -> tuple[UniqueKey, ...]:
 
 
 def _identity(table: Table, unique_keys: Sequence[UniqueKey]) -> tuple[AnyColumn, ...]:
+    """The columns that tell a table's rows apart: a unique key without NULLs, else (a
+    table without one) every column whose values compare, order and hash (not JSON,
+    arrays or pickles: rows that differ only there clash, move and stay alike)."""
     for key in unique_keys:
         if all(not c.nullable for c in key.columns):
             return key.columns
-    return tuple(table.columns)
+    return tuple(c for c in table.columns if _comparable(c))
+
+
+def _comparable(column: AnyColumn) -> bool:
+    column_type = column.type
+    impl = getattr(column_type, "impl_instance", None)  # a TypeDecorator's own type
+    return bool(getattr(column_type, "hashable", True) and getattr(impl, "hashable", True))
 
 
 def _inheritance_constraints(mappers: Iterable[Mapper[Any]]) -> set[ForeignKeyConstraint]:

@@ -33,15 +33,17 @@ class TemporaryTables:
         prefix: str,
         columns: Sequence[tuple[str, AnyColumn]],
         rows: Sequence[Values],
-        key: Sequence[str],
+        key: Sequence[str] | None,
     ) -> Table:
-        """A temporary table of ``columns`` (name, typed like), filled with ``rows`` (tuples)."""
+        """A temporary table of ``columns`` (name, typed like), filled with ``rows`` (tuples);
+        ``key=None``: no primary key, and NULLs allowed (identities of a table without one)."""
         name = f"_sa_references_{prefix}_{next(_table_names)}"
+        nullable = key is None
         table = Table(
             name,
             MetaData(),
-            *(Column(n, c.type, nullable=False, autoincrement=False) for n, c in columns),
-            PrimaryKeyConstraint(*key),
+            *(Column(n, c.type, nullable=nullable, autoincrement=False) for n, c in columns),
+            *([] if key is None else [PrimaryKeyConstraint(*key)]),
             prefixes=["TEMPORARY"],
         )
         table.create(self.connection)
@@ -62,7 +64,9 @@ class TemporaryTables:
 
     def identities(self, columns: Sequence[AnyColumn], rows: Iterable[Values]) -> Table:
         names = [(f"id_{i}", c) for i, c in enumerate(columns)]
-        return self.create("keep", names, list(rows), [n for n, _ in names])
+        rows = list(rows)
+        with_null = any(None in row for row in rows)
+        return self.create("keep", names, rows, None if with_null else [n for n, _ in names])
 
     def drop(self) -> None:
         temporary = "TEMPORARY " if self.backend.drop_temporary_keyword else ""

@@ -43,8 +43,10 @@ class ReferencesSession(Session):
     UPDATE joined to their pairs (a temporary mapping table; on PostgreSQL,
     ``unnest()`` of arrays), inside one SAVEPOINT.  ``rollback()`` drops the
     queue.  When applying the queue fails, nothing of it is kept in the
-    database and the queue stays as it was (its deletions included): fix the
-    cause, or ``rollback()``.
+    database and the queue stays as it was (its deletions included), so that
+    no merge and no deletion of a source runs without the other: the next
+    flush applies it again, whole; ``rollback()`` or
+    :meth:`discard_queued_merges` drops it.
 
     Chains resolve (``a.merge_into(b); b.merge_into(c)`` ends with everything
     at ``c``); a cycle is refused with :class:`MergeCycleError` when queued.
@@ -144,6 +146,18 @@ class ReferencesSession(Session):
             self._reports[id(source)] = report
             self._options[id(source)] = options[id(source)]
             self._queued.append(report)
+
+    def discard_queued_merges(self) -> None:
+        """Drop the queued merges without rolling back, with the deletions of their sources
+        (``merge_into(..., delete=True)``, or ``session.delete(source)`` after queueing):
+        neither a merge nor its source's deletion runs without the other.  E.g. after a
+        flush failed to apply the queue, to go on in the same transaction without it."""
+        deleted = self.deleted
+        for report in self._queued:
+            source = report.source
+            if source in deleted:
+                _undelete(self, source, deleted)
+        self._clear_queue()
 
     def rollback(self) -> None:
         self._clear_queue()  # also when no transaction had begun yet

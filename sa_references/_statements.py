@@ -51,9 +51,21 @@ def matches(columns: Sequence[AnyColumn], values: Values) -> ColumnElement[bool]
 def _identity_in(columns: Sequence[AnyColumn], identities: Sequence[Values]) -> ColumnElement[bool]:
     if not identities:
         return false()
-    if len(columns) == 1:
-        return columns[0].in_([i[0] for i in identities])
-    return tuple_(*columns).in_(list(identities))
+    # IN never matches a NULL: identities holding one (tables without a primary key) are
+    # matched column by column
+    with_null = [i for i in identities if None in i]
+    plain = [i for i in identities if None not in i] if with_null else list(identities)
+    matched: list[ColumnElement[bool]] = []
+    if plain:
+        if len(columns) == 1:
+            matched.append(columns[0].in_([i[0] for i in plain]))
+        else:
+            matched.append(tuple_(*columns).in_(plain))
+    for identity in with_null:
+        matched.append(
+            and_(*(c.is_(None) if v is None else c == v for c, v in zip(columns, identity)))
+        )
+    return matched[0] if len(matched) == 1 else or_(*matched)
 
 
 def chunks(items: Sequence[Values], size: int = IN_CHUNK) -> Iterator[Sequence[Values]]:
@@ -371,7 +383,9 @@ def batch_repoint(key: ReferencingKey, mapping: Any, keep: Any = None) -> Update
     )
     if keep is not None:
         statement = statement.where(
-            ~exists().where(*(keep.c[f"id_{i}"] == c for i, c in enumerate(key.identity)))
+            ~exists().where(
+                *(keep.c[f"id_{i}"].is_not_distinct_from(c) for i, c in enumerate(key.identity))
+            )
         )
     return statement
 
