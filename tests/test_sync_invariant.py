@@ -224,7 +224,7 @@ def load_everything(session: Session, objects: list[Any]) -> None:
     session.expire_all()
     for obj in objects:
         session.refresh(obj)
-        for name in inspect(obj).mapper.attrs.keys():
+        for name in [p.key for p in inspect(obj).mapper.attrs]:
             getattr(obj, name)
 
 
@@ -267,9 +267,9 @@ def assert_matches_database(session: Session) -> None:
             assert fresh is not None, f"{obj!r} is filed under {state.identity}, a row gone"
             found = session.get(mapper.class_, inspect(fresh).identity)
             assert found is obj, f"get({inspect(fresh).identity}) gave {found!r}, not {obj!r}"
-            for name in mapper.column_attrs.keys():
+            for name in [p.key for p in mapper.column_attrs]:
                 assert getattr(obj, name) == getattr(fresh, name), f"{obj!r}.{name}"
-            for name in mapper.composites.keys():
+            for name in [p.key for p in mapper.composites]:
                 assert getattr(obj, name) == getattr(fresh, name), f"{obj!r}.{name}"
             for rel in mapper.relationships:
                 mine = _relationship_value(obj, rel.key, bool(rel.uselist))
