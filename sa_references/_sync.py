@@ -160,6 +160,16 @@ def refile(session: Session, state: InstanceState[Any], new_key: IdentityKey) ->
     identity_map.replace(state)
 
 
+def register_altered(session: Session, objects: Iterable[object]) -> None:
+    """Have a rollback of the current transaction expire ``objects`` (changed in memory).
+
+    SQLAlchemy internal: ``Session._register_altered``, which the ORM's own bulk
+    UPDATE calls for the objects it synchronized; a rolled-back SAVEPOINT expires
+    only the objects its transaction saw altered.
+    """
+    session._register_altered({id(s): s for s in map(instance_state, objects)}.values())
+
+
 # -- the mapped attributes that follow one key -----------------------------------------------
 
 
@@ -673,6 +683,7 @@ class Synchronization:
         self.sync_parents()
         self.expire_derived_of_pairs()
         self.forget_deleted()
+        register_altered(self.session, self.result.touched)
         return self.result
 
     def sync_loaded_rows(self) -> None:

@@ -118,6 +118,25 @@ class Order(Base):
 Order.customer_name = column_property(  # type: ignore[attr-defined]
     select(Customer.name).where(Customer.id == Order.customer_id).scalar_subquery()
 )
+Customer.order_count = column_property(  # type: ignore[attr-defined]
+    select(func.count(Order.id))
+    .where(Order.customer_id == Customer.id)
+    .correlate_except(Order)
+    .scalar_subquery()
+)
+# the same criteria, not viewonly
+Customer.vip_orders_rw = relationship(  # type: ignore[attr-defined]
+    Order,
+    primaryjoin="and_(Order.customer_id == Customer.id, Customer.tier == 'vip')",
+    back_populates="vip_customer_rw",
+    overlaps="orders,customer",
+)
+Order.vip_customer_rw = relationship(  # type: ignore[attr-defined]
+    Customer,
+    primaryjoin="and_(Order.customer_id == Customer.id, Customer.tier == 'vip')",
+    back_populates="vip_orders_rw",
+    overlaps="orders,customer",
+)
 
 
 @dataclass
@@ -170,6 +189,29 @@ class Login(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     account_name: Mapped[str] = mapped_column(String(20))
     account: Mapped[Account] = relationship(back_populates="logins")
+
+
+class Mailbox(Base):
+    """A unique string column referred to (not the primary key)."""
+
+    __tablename__ = "syi_mailbox"
+    __table_args__ = COLLATE
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    address: Mapped[str] = mapped_column(String(20), unique=True)
+    aliases: Mapped[list[Alias]] = relationship(back_populates="mailbox")
+
+
+class Alias(Base):
+    __tablename__ = "syi_alias"
+    __table_args__ = (
+        ForeignKeyConstraint(["mailbox_address"], ["syi_mailbox.address"]),
+        COLLATE,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    mailbox_address: Mapped[str] = mapped_column(String(20))
+    mailbox: Mapped[Mailbox] = relationship(back_populates="aliases")
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -335,6 +377,19 @@ def test_column_properties_over_the_foreign_key_agree(session: Session, mode: st
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_sql_expressions_of_the_merged_rows_agree(session: Session, mode: str) -> None:
+    """A correlated count of the referencing rows, on the source and the target."""
+    dupe, keeper = Customer(id=1, name="dupe"), Customer(id=2, name="keeper")
+    orders = [Order(id=1, customer=dupe), Order(id=2, customer=dupe)]
+    session.add_all([dupe, keeper, *orders])
+    load_everything(session, [dupe, keeper, *orders])
+    assert (dupe.order_count, keeper.order_count) == (2, 0)  # type: ignore[attr-defined]
+    merge(session, dupe, keeper, mode)
+    assert (dupe.order_count, keeper.order_count) == (0, 2)  # type: ignore[attr-defined]
+    assert_matches_database(session)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_composite_over_a_composite_foreign_key_agrees(session: Session, mode: str) -> None:
     dupe, keeper = TenantCustomer(tenant_id=1, no=1), TenantCustomer(tenant_id=1, no=2)
     invoice = Invoice(id=1, customer=dupe)
@@ -360,9 +415,12 @@ def test_relationships_with_criteria_on_the_referred_side_agree(
     session.add_all([dupe, keeper, order, closed])
     load_everything(session, [dupe, keeper, order, closed])
     assert dupe.vip_orders == [order, closed] and order.vip_customer is dupe
+    assert dupe.vip_orders_rw == [order, closed] and order.vip_customer_rw is dupe  # type: ignore[attr-defined]
     merge(session, dupe, keeper, mode)
     assert keeper.vip_orders == [] and dupe.vip_orders == []
     assert order.vip_customer is None
+    assert keeper.vip_orders_rw == [] and dupe.vip_orders_rw == []  # type: ignore[attr-defined]
+    assert order.vip_customer_rw is None  # type: ignore[attr-defined]
     assert keeper.open_orders == [order]  # criteria on the child side: computed
     assert_matches_database(session)
 
@@ -389,4 +447,69 @@ def test_values_equal_under_the_collation_agree(
     merge(session, dupe, keeper, mode)
     assert [login.account_name for login in logins] == ["BOB"] * 3
     assert all(login.account is keeper for login in logins)
+    assert_matches_database(session)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unique_string_keys_equal_under_the_collation_agree(
+    session: Session, schema: Backend, mode: str
+) -> None:
+    loose = inexact_strings(schema)
+    dupe, keeper = Mailbox(id=1, address="ada@x"), Mailbox(id=2, address="bob@x")
+    aliases = [
+        Alias(id=1, mailbox_address="ADA@X" if loose else "ada@x"),
+        Alias(id=2, mailbox_address="ada@x  " if loose else "ada@x"),
+    ]
+    session.add_all([dupe, keeper])
+    session.flush()
+    session.add_all(aliases)
+    load_everything(session, [dupe, keeper, *aliases])
+    assert all(alias.mailbox is dupe for alias in aliases)
+    merge(session, dupe, keeper, mode)
+    assert [alias.mailbox_address for alias in aliases] == ["bob@x"] * 2
+    assert all(alias.mailbox is keeper for alias in aliases) and dupe.aliases == []
+    assert_matches_database(session)
+
+
+# -- the engine's side of fetch mode, and rollbacks ---------------------------------------------
+
+
+def _association(session: Session) -> tuple[Customer, Customer, Membership]:
+    dupe, keeper = Customer(id=1, name="dupe"), Customer(id=2, name="keeper")
+    chess = Club(id=1)
+    moved = Membership(customer=dupe, club=chess, note="moved")
+    session.add_all([dupe, keeper, chess, moved])
+    load_everything(session, [dupe, keeper, chess, moved])
+    return dupe, keeper, moved
+
+
+def test_fetch_refiles_rows_reported_by_their_identity_before_the_update(
+    session: Session,
+) -> None:
+    """What fetch mode does once the engine keys ``KeyMoves.moved`` as its contract says."""
+    from sa_references._keys import reference_graph, referencing_keys
+    from sa_references._sync import KeyMoves
+
+    dupe, keeper, moved = _association(session)
+    merge(session, dupe, keeper, False)  # type: ignore[arg-type]
+    assert inspect(moved).identity == (1, 1)  # memory left alone
+    key = next(k for k in referencing_keys(Customer) if k.table is Membership.__table__)
+    moves = KeyMoves(key, {(1,): (2,)}, moved={(1, 1): (2,)})
+    graph = reference_graph(Base.metadata)
+    synchronize(session, graph, [(dupe, keeper)], [moves], "fetch")
+    assert session.get(Membership, (2, 1)) is moved and moved.customer is keeper
+    assert_matches_database(session)
+
+
+@pytest.mark.parametrize("mode", ["evaluate", "expire"])
+def test_rollback_files_the_object_under_its_old_identity_again(
+    session: Session, mode: str
+) -> None:
+    dupe, keeper, moved = _association(session)
+    nested = session.begin_nested()
+    merge(session, dupe, keeper, mode)
+    assert inspect(moved).identity == (2, 1)
+    nested.rollback()
+    assert inspect(moved).identity == (1, 1) and session.get(Membership, (1, 1)) is moved
+    assert moved.customer_id == 1 and moved.note == "moved"
     assert_matches_database(session)
