@@ -105,6 +105,40 @@ def column_values(
     return tuple(values)
 
 
+_primary_key_names: weakref.WeakKeyDictionary[Mapper[Any], dict[str, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _primary_key_positions(mapper: Mapper[Any]) -> dict[str, int]:
+    """The attribute of each primary key column -> its position in identity keys."""
+    found = _primary_key_names.get(mapper)
+    if found is None:
+        found = _primary_key_names[mapper] = {
+            mapper.get_property_by_column(c).key: n for n, c in enumerate(mapper.primary_key)
+        }
+    return found
+
+
+def row_values(state: InstanceState[Any], columns: Sequence[ColumnElement[Any]]) -> Values | None:
+    """:func:`column_values`, primary key columns read from the identity key when expired."""
+    mapper = state.mapper
+    positions = _primary_key_positions(mapper)
+    values = []
+    for column in columns:
+        try:
+            name = mapper.get_property_by_column(column).key
+        except UnmappedColumnError:
+            return None
+        if name in state.dict:
+            values.append(state.dict[name])
+        elif name in positions and state.key is not None:
+            values.append(state.key[1][positions[name]])
+        else:
+            return None
+    return tuple(values)
+
+
 def _members(state: InstanceState[Any], rel: Relationship) -> list[Any]:
     value = state.dict[rel.key]
     if not rel.uselist:
@@ -495,7 +529,7 @@ class Synchronization:
     def referred_values(self, state: InstanceState[Any], km: KeyMoves) -> Values | None:
         """What the loaded row refers to: its foreign key, or its many-to-one's values."""
         key = km.key
-        current = column_values(state, key.columns)
+        current = row_values(state, key.columns)
         if current is not None:
             return current
         for rel in relationships(state.mapper, key).many_to_one:
@@ -524,7 +558,7 @@ class Synchronization:
         rels = relationships(state.mapper, km.key)
         if _unflushed(state, rels.reference):
             return  # unflushed user change: never overwritten
-        identity = column_values(state, km.key.identity)
+        identity = row_values(state, km.key.identity)
         if identity is not None and identity in km.nulled:
             self.clear(state, km)
             self.expire(state, rels.stale_when_moved)
@@ -550,7 +584,7 @@ class Synchronization:
         moved = self.repointed.get(km.key)
         if moved is not None and id(state) in moved:
             return moved[id(state)]
-        return column_values(state, km.key.identity)
+        return row_values(state, km.key.identity)
 
     # -- many-to-many collections seen from the other side ------------------------------------
     def sync_item_collection(

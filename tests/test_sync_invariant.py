@@ -345,6 +345,21 @@ def test_association_object_refiled_under_its_new_identity(
     )
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_expired_association_object_refiled_under_its_new_identity(
+    session: Session, mode: str, request: pytest.FixtureRequest
+) -> None:
+    """Its key is read from its identity: nothing of it is loaded."""
+    if mode == "fetch":
+        fetch_returns_new_identities(session, request)
+    dupe, keeper, moved = _association(session)
+    session.expire(moved)
+    merge(session, dupe, keeper, mode)
+    assert session.get(Membership, (2, 1)) is moved
+    assert moved.customer_id == 2 and moved.note == "moved"
+    assert_matches_database(session)
+
+
 # -- 7: onupdate columns ------------------------------------------------------------------------
 
 
