@@ -267,34 +267,54 @@ def _set_on_update(mapper: Mapper[Any], key: ReferencingKey) -> list[str]:
     return names
 
 
+_ROLES = ("many_to_one", "one_to_many", "secondary_parent", "secondary_item")
+
+
+def _role(
+    rel: Relationship,
+    key: ReferencingKey,
+    forward: set[tuple[AnyColumn, AnyColumn]],
+    backward: set[tuple[AnyColumn, AnyColumn]],
+) -> str | None:
+    """How ``rel`` follows ``key``: one of :data:`_ROLES`, or None (it does not, or it is
+    never loaded: dynamic, write-only, noload)."""
+    if rel.lazy in ("dynamic", "write_only", "noload"):
+        return None
+    if rel.secondary is None:
+        pairs = set(rel.local_remote_pairs or ())
+        if rel.direction is MANYTOONE and pairs == forward:
+            return "many_to_one"
+        if rel.direction is ONETOMANY and pairs == backward:
+            return "one_to_many"
+        return None
+    if rel.secondary is not key.table:
+        return None
+    if set(rel.synchronize_pairs or ()) == backward:
+        return "secondary_parent"
+    if set(rel.secondary_synchronize_pairs or ()) == backward:
+        return "secondary_item"
+    return None
+
+
 class KeyAttributes:
     """The attributes of a mapper that follow one referencing key, by role."""
 
     def __init__(self, mapper: Mapper[Any], key: ReferencingKey) -> None:
         forward = _pairs(key.columns, key.referred_columns)
         backward = _pairs(key.referred_columns, key.columns)
-        self.many_to_one: list[Relationship] = []
-        self.one_to_many: list[Relationship] = []
-        self.secondary_parent: list[Relationship] = []
-        self.secondary_item: list[Relationship] = []
+        by_role: dict[str, list[Relationship]] = {role: [] for role in _ROLES}
+        for rel in mapper.relationships:
+            role = _role(rel, key, forward, backward)
+            if role is not None:
+                by_role[role].append(rel)
+        self.many_to_one = by_role["many_to_one"]
+        self.one_to_many = by_role["one_to_many"]
+        self.secondary_parent = by_role["secondary_parent"]
+        self.secondary_item = by_role["secondary_item"]
         try:
             self.column_attributes = [mapper.get_property_by_column(c).key for c in key.columns]
         except UnmappedColumnError:
             self.column_attributes = []
-        for rel in mapper.relationships:
-            if rel.lazy in ("dynamic", "write_only", "noload"):
-                continue
-            if rel.secondary is None:
-                pairs = set(rel.local_remote_pairs or ())
-                if rel.direction is MANYTOONE and pairs == forward:
-                    self.many_to_one.append(rel)
-                elif rel.direction is ONETOMANY and pairs == backward:
-                    self.one_to_many.append(rel)
-            elif rel.secondary is key.table:
-                if set(rel.synchronize_pairs or ()) == backward:
-                    self.secondary_parent.append(rel)
-                elif set(rel.secondary_synchronize_pairs or ()) == backward:
-                    self.secondary_item.append(rel)
         self.has_parent_side = bool(self.one_to_many or self.secondary_parent)
         #: relationships whose members the key alone does not decide: expired, not computed
         self.inexact = frozenset(
@@ -327,9 +347,6 @@ class KeyAttributes:
         """Attributes of a re-pointed row that only a load can tell."""
         return self.derived + self.set_on_update
 
-
-#: kept under the name the engine imports
-_Relationships = KeyAttributes
 
 _relationship_cache: weakref.WeakKeyDictionary[ReferencingKey, dict[Mapper[Any], KeyAttributes]] = (
     weakref.WeakKeyDictionary()
@@ -957,7 +974,7 @@ class SetValues(Synchronization):
         in_source: bool,
         in_target: bool,
     ) -> None:
-        source, target = source_state.obj(), target_state.obj()
+        source = source_state.obj()
         if not in_source:
             self.expire_collections(source_state, target_state, rel, False, in_target)
             if not km.kept and rel.key not in source_state.dict and id(source) in self.deleting:
@@ -978,12 +995,18 @@ class SetValues(Synchronization):
                 staying.append(member)
         _set_members(source, rel, staying)
         self.touch(source)
-        if not in_target or not moving:
-            return
+        if in_target and moving:
+            self.add_members(target_state, rel, moving)
+
+    def add_members(
+        self, target_state: InstanceState[Any], rel: Relationship, moving: list[Any]
+    ) -> None:
+        """The rows that moved join the target's loaded collection (unless ordered)."""
         current = _members(target_state, rel)
         if rel.order_by or (not rel.uselist and current):
             self.expire(target_state, [rel.key])
             return
+        target = target_state.obj()
         _set_members(target, rel, current + [m for m in moving if m not in current])
         self.touch(target)
 
