@@ -138,8 +138,14 @@ def merge_objects(
         mapper=source_mapper,
         holder_of=holder_of,
         names=lambda: (describe(source_state), describe(target_state)),
-        synchronize=lambda moves: synchronize(
-            session, graph, [(source, target)], moves, options.synchronize_session, deleting
+        synchronize=lambda backend, moves: synchronize(
+            session,
+            graph,
+            [(source, target)],
+            moves,
+            options.synchronize_session,
+            deleting,
+            inexact_string_comparison=backend.inexact_string_comparison,
         ),
     )
 

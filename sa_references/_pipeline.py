@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_state
 
+from ._backend import Backend, backend_of
 from ._engine import HolderOf, Names, run_keys
 from ._keys import AnyColumn, ReferencingKey
 from ._options import MergeOptions
@@ -52,7 +53,7 @@ class Merge:
     holder_of: HolderOf | None = None
     names: Names | None = None
     #: brings loaded objects in step with the keys' moves (the ORM entry points)
-    synchronize: Callable[[list[KeyMoves]], SyncResult] | None = None
+    synchronize: Callable[[Backend, list[KeyMoves]], SyncResult] | None = None
 
 
 def run(
@@ -97,7 +98,7 @@ def run(
                 )
                 results.append(keys)
                 if not dry_run and merge.synchronize is not None:
-                    synced = merge.synchronize(moves)
+                    synced = merge.synchronize(backend_of(connection), moves)
                     touched += synced.touched
                     removed += synced.removed
             if finish is not None and not dry_run:

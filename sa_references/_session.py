@@ -293,7 +293,17 @@ def _group_merge(
         lock_and_read,
         mapper=mapper,
         synchronize=(
-            (lambda moves: synchronize(session, graph, pairs, moves, mode, deleting))
+            (
+                lambda backend, moves: synchronize(
+                    session,
+                    graph,
+                    pairs,
+                    moves,
+                    mode,
+                    deleting,
+                    inexact_string_comparison=backend.inexact_string_comparison,
+                )
+            )
             if sync
             else None
         ),

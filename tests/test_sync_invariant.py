@@ -10,12 +10,10 @@ Rule: what cannot be computed exactly is expired, never left stale.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from inspect import signature
 from typing import Any
 
 import pytest
@@ -40,8 +38,6 @@ from sqlalchemy.orm import (
     relationship,
 )
 
-import sa_references._merge
-import sa_references._session
 from sa_references import ReferencesMixin, ReferencesSession, merge_into
 from sa_references._sync import synchronize
 from tests.conftest import Backend
@@ -235,15 +231,8 @@ def via(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def session(schema: Backend, via: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Session]:
-    """A Session (a ReferencesSession for batches) in a transaction rolled back afterwards.
-
-    Until the engine passes the dialect's string comparison to synchronize(), pass it here.
-    """
-    if "inexact_string_comparison" in signature(synchronize).parameters:
-        wired = functools.partial(synchronize, inexact_string_comparison=inexact_strings(schema))
-        monkeypatch.setattr(sa_references._merge, "synchronize", wired)
-        monkeypatch.setattr(sa_references._session, "synchronize", wired)
+def session(schema: Backend, via: str) -> Iterator[Session]:
+    """A Session (a ReferencesSession for batches) in a transaction rolled back afterwards."""
     cls = ReferencesSession if via == "batch" else Session
     with schema.engine.connect() as connection:
         transaction = connection.begin()
@@ -268,20 +257,6 @@ def load_everything(session: Session, objects: list[Any]) -> None:
         session.refresh(obj)
         for name in [p.key for p in inspect(obj).mapper.attrs]:
             getattr(obj, name)
-
-
-def fetch_returns_new_identities(session: Session, request: pytest.FixtureRequest) -> None:
-    """Fetch mode: the engine reports RETURNING's identities (after the update) on backends
-    that have it; the contract is the identity before it."""
-    dialect = session.connection().dialect
-    via = request.getfixturevalue("via")
-    returning = dialect.update_returning_multifrom if via == "batch" else dialect.update_returning
-    if returning:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True, reason="engine: KeyMoves.moved keyed by pre-update identity"
-            )
-        )
 
 
 # -- the invariant ------------------------------------------------------------------------------
@@ -323,11 +298,7 @@ def assert_matches_database(session: Session) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_association_object_refiled_under_its_new_identity(
-    session: Session, mode: str, request: pytest.FixtureRequest
-) -> None:
-    if mode == "fetch":
-        fetch_returns_new_identities(session, request)
+def test_association_object_refiled_under_its_new_identity(session: Session, mode: str) -> None:
     dupe, keeper = Customer(id=1, name="dupe"), Customer(id=2, name="keeper")
     chess, golf = Club(id=1), Club(id=2)
     moved = Membership(customer=dupe, club=chess, note="moved")
@@ -347,11 +318,9 @@ def test_association_object_refiled_under_its_new_identity(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_expired_association_object_refiled_under_its_new_identity(
-    session: Session, mode: str, request: pytest.FixtureRequest
+    session: Session, mode: str
 ) -> None:
     """Its key is read from its identity: nothing of it is loaded."""
-    if mode == "fetch":
-        fetch_returns_new_identities(session, request)
     dupe, keeper, moved = _association(session)
     session.expire(moved)
     merge(session, dupe, keeper, mode)
