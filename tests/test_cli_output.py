@@ -8,18 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sa_references._cli import EXIT_COMMITTED_OUTPUT_FAILED, main
-from tests.test_cli import (  # noqa: F401  (fixtures)
-    Database,
-    FakeStdin,
-    commands,
-    database,
-    write_csv,
-)
+from tests import test_cli
+from tests.test_cli import Database, FakeStdin, commands, write_csv
+
+database = test_cli.database  # fixture
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql", "mariadb")
 
@@ -60,7 +56,7 @@ ERRORS = [
 @pytest.mark.parametrize("json", [False, True], ids=["text", "json"])
 def test_merge_committed_but_output_failed(
     monkeypatch: pytest.MonkeyPatch,
-    database: Database,  # noqa: F811
+    database: Database,
     error: OSError,
     json: bool,
 ) -> None:
@@ -76,7 +72,7 @@ def test_merge_committed_but_output_failed(
 
 def test_pairs_committed_but_output_failed(
     monkeypatch: pytest.MonkeyPatch,
-    database: Database,  # noqa: F811
+    database: Database,
     tmp_path: Path,
 ) -> None:
     pairs = write_csv(tmp_path / "pairs.csv", "source,target\n5,6\n")
@@ -89,7 +85,7 @@ def test_pairs_committed_but_output_failed(
 
 def test_output_failure_without_a_change_is_an_error(
     monkeypatch: pytest.MonkeyPatch,
-    database: Database,  # noqa: F811
+    database: Database,
 ) -> None:
     before = database.snapshot()
     argv = ["merge", database.url, "cli_customer", "5", "6", "--dry-run"]
@@ -98,7 +94,11 @@ def test_output_failure_without_a_change_is_an_error(
     (line,) = err.splitlines()
     assert "committed" not in line
     assert database.snapshot() == before
-    status, err = run_failing(monkeypatch, BrokenPipeError(errno.EPIPE, "Broken pipe"), ["keys", database.url, "cli_customer"])
+    status, err = run_failing(
+        monkeypatch,
+        BrokenPipeError(errno.EPIPE, "Broken pipe"),
+        ["keys", database.url, "cli_customer"],
+    )
     assert status == 1
     assert len(err.splitlines()) == 1
 
@@ -122,7 +122,7 @@ def closed_pipe_run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("how", ["python -m", "console script"])
-def test_merge_into_a_closed_pipe(how: str, database: Database) -> None:  # noqa: F811
+def test_merge_into_a_closed_pipe(how: str, database: Database) -> None:
     argv = [*commands()[how], "merge", database.url, "cli_customer", "5", "6", "--yes"]
     result = closed_pipe_run(argv)
     assert result.returncode == 4, result.stderr

@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import Database, cli, database, write_csv  # noqa: F401  (fixtures)
+from tests import test_cli
+from tests.test_cli import Database, write_csv
+
+cli, database = test_cli.cli, test_cli.database  # fixtures
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql", "mariadb")
 
 
 @pytest.fixture
-def memberships(database: Database) -> Iterator[Database]:  # noqa: F811
+def memberships(database: Database) -> Iterator[Database]:
     """cli_membership: its own id, unique (customer_id, tag_id). Customers 3 and 5 both hold
     tag 2 through rows 10 (customer 5) and 20 (customer 3); customer 1 does not."""
     with database.engine.begin() as connection:
@@ -40,7 +43,7 @@ def membership_conflicts(document: dict[str, Any]) -> list[list[Any]]:
 
 @pytest.mark.parametrize("batch_size", ["1", "1000"])
 def test_pairs_run_deletes_what_the_plan_listed(
-    cli: Any,  # noqa: F811
+    cli: Any,
     memberships: Database,
     tmp_path: Path,
     batch_size: str,

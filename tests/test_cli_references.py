@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, inspect
 from sqlalchemy.engine import make_url
 
-from tests.test_cli import cli  # noqa: F401  (fixture)
+from tests import test_cli
+
+cli = test_cli.cli  # fixture
 
 pytestmark = pytest.mark.backends("postgresql", "mariadb")
 
