@@ -110,3 +110,21 @@ def test_key_from_another_schema_into_the_default_one(
     assert run.status == 0, run.err
     assert schemas.rows(customer) == [(1, "Ada")]
     assert schemas.rows(invoice) == [(10, 1), (11, 1), (12, 1)]
+
+
+def test_a_key_the_merge_would_not_follow_is_refused(
+    cli: Any, schemas: Schemas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should a referencing table fail to be reflected, the merge names the key and stops."""
+    from sa_references import _cli_input
+
+    create(schemas, schemas.default, schemas.other)
+    monkeypatch.setattr(_cli_input, "reflect_referencing_tables", lambda connection, table: True)
+    before = schemas.rows(f"{schemas.other}.xs_invoice"), schemas.rows("xs_customer")
+    for argv in (["2", "1"], ["2", "1", "--dry-run"]):
+        run = cli("merge", schemas.url, "xs_customer", *argv, "--delete", "--yes")
+        assert run.status == 1
+        (line,) = run.err.splitlines()
+        assert "foreign key(s) that the MetaData lacks" in line
+        assert f"{schemas.other}.xs_invoice(customer_id) -> xs_customer(id)" in line
+    assert (schemas.rows(f"{schemas.other}.xs_invoice"), schemas.rows("xs_customer")) == before
