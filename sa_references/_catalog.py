@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, ForeignKeyConstraint, MetaData, Table, bindparam, inspect, text
 from sqlalchemy.exc import NoReferencedTableError
+from sqlalchemy.orm import Session
 
 from .exc import UnfollowedReferenceError
 
@@ -128,14 +129,15 @@ _Signature = tuple[str, str, str, str, _Pairs]  # schema, table, referred schema
 
 
 def unfollowed_references(
-    connection: Connection, metadata_or_table: MetaData | Table
+    connection: Connection | Session, metadata_or_table: MetaData | Table
 ) -> list[CatalogForeignKey]:
     """The foreign keys of the live database that reference a table of ``metadata_or_table``
     (every table of a MetaData, or the one Table) but have no matching
     ForeignKeyConstraint in its MetaData: keys a merge would not follow.
 
-    Looks in every schema of the database but the system ones; sorted by
-    referencing table (the default schema's first), then name.  E.g.::
+    ``connection``: a Connection, or a Session (its connection for the tables'
+    bind is used).  Looks in every schema of the database but the system ones;
+    sorted by referencing table (the default schema's first), then name.  E.g.::
 
         with engine.connect() as connection:
             for key in unfollowed_references(connection, Base.metadata):
@@ -147,6 +149,8 @@ def unfollowed_references(
         metadata, tables = metadata_or_table, list(metadata_or_table.tables.values())
     if not tables:
         return []
+    if isinstance(connection, Session):
+        connection = connection.connection(bind_arguments={"clause": tables[0]})
     default = inspect(connection).default_schema_name or ""
     targets = {(t.schema or default, t.name) for t in tables}
     followed = _followed(metadata.tables.values(), default)
@@ -161,7 +165,7 @@ def unfollowed_references(
     )
 
 
-def check_references(connection: Connection, metadata_or_table: MetaData | Table) -> None:
+def check_references(connection: Connection | Session, metadata_or_table: MetaData | Table) -> None:
     """Raise :class:`~sa_references.exc.UnfollowedReferenceError` naming every key of
     :func:`unfollowed_references`; do nothing when there is none."""
     found = unfollowed_references(connection, metadata_or_table)

@@ -162,3 +162,13 @@ def test_keys_from_other_schemas_and_partitions(engine: Engine, backend: str) ->
             connection.exec_driver_sql(f"DROP TABLE IF EXISTS {other}.cat_note")
             connection.exec_driver_sql("DROP TABLE IF EXISTS cat_visit")
             connection.exec_driver_sql(f"DROP {kind} IF EXISTS {other}{cascade}")
+
+
+def test_a_session_is_accepted(engine: Engine) -> None:
+    from sqlalchemy.orm import Session
+
+    metadata = reflected(engine, "cat_customer", "cat_order", "cat_line")
+    with Session(engine) as session:
+        assert [k.table for k in unfollowed_references(session, metadata)] == ["cat_invoice"]
+        with pytest.raises(UnfollowedReferenceError):
+            check_references(session, metadata.tables["cat_customer"])

@@ -19,7 +19,7 @@ from sa_references._cli_commands import (
     merge,
     merge_pairs,
 )
-from sa_references._cli_input import Declined
+from sa_references._cli_input import CommandError, Declined
 from sa_references._cli_render import merge_json
 from sa_references.exc import MergeConflictError
 from tests import test_cli
@@ -100,3 +100,21 @@ def test_merge_pairs_from_python(database: Database, tmp_path: Path) -> None:
         1,
         (((3,), (1,)),),
     )
+
+
+def test_a_run_that_differs_from_its_plan_is_refused(database: Database) -> None:
+    """The database changes while the plan is shown: the merge changes nothing."""
+
+    def meanwhile(plan: MergeResult) -> bool:
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO cli_order VALUES (6, 5, 'MUG', 'STD')")
+        return True
+
+    before = database.snapshot()
+    with pytest.raises(CommandError, match=r"changed after the plan .*cli_order\(customer_id\)"):
+        merge(database.url, "cli_customer", 5, 6, confirm=meanwhile)
+    after = database.snapshot()
+    assert after["cli_order"] == [*before["cli_order"], (6, 5, "MUG", "STD")]
+    assert {k: v for k, v in after.items() if k != "cli_order"} == {
+        k: v for k, v in before.items() if k != "cli_order"
+    }
