@@ -26,6 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    text,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
@@ -147,7 +148,14 @@ def reflect_table(
     key to TABLE still lacks from the MetaData (a merge would not re-point it).
     """
     metadata = MetaData()
-    metadata.reflect(connection, schema=schema)
+    partitions = partition_names(connection, schema) - {name}
+    metadata.reflect(
+        connection,
+        schema=schema,
+        only=(lambda table, _metadata: table not in partitions) if partitions else None,
+        # tables other schemas' keys point at are not needed (nor partitions pulled in)
+        resolve_fks=False,
+    )
     fullname = f"{schema}.{name}" if schema else name
     table = metadata.tables.get(fullname)
     if table is None:
@@ -159,6 +167,23 @@ def reflect_table(
     if reflect_referencing_tables(connection, table) and check:
         check_references(connection, table)
     return table
+
+
+def partition_names(connection: Connection, schema: str | None) -> set[str]:
+    """PostgreSQL: the partitions in the schema.  They are left out of the reflection:
+    each holds a copy of its partitioned table's foreign keys, which would be followed
+    (and counted) once per partition."""
+    if connection.dialect.name != "postgresql":
+        return set()
+    rows = connection.execute(
+        text(
+            "SELECT c.relname::text FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relispartition AND n.nspname = COALESCE(:schema, current_schema())"
+        ),
+        {"schema": schema},
+    )
+    return set(rows.scalars())
 
 
 def reflect_referencing_tables(connection: Connection, table: Table) -> bool:

@@ -128,3 +128,36 @@ def test_a_key_the_merge_would_not_follow_is_refused(
         assert "foreign key(s) that the MetaData lacks" in line
         assert f"{schemas.other}.xs_invoice(customer_id) -> xs_customer(id)" in line
     assert (schemas.rows(f"{schemas.other}.xs_invoice"), schemas.rows("xs_customer")) == before
+
+
+def test_partitioned_tables_counted_once(cli: Any, schemas: Schemas) -> None:
+    """PostgreSQL: a key on a partitioned table is also on each partition in the catalog;
+    the command line follows it once (through the partitioned table)."""
+    if schemas.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL partitions")
+    create(schemas, schemas.default, schemas.other)
+    statements = [
+        "CREATE TABLE xs_visit (id INTEGER NOT NULL, customer_id INTEGER NOT NULL "
+        "REFERENCES xs_customer (id), PRIMARY KEY (id)) PARTITION BY RANGE (id)",
+        "CREATE TABLE xs_visit_low PARTITION OF xs_visit FOR VALUES FROM (0) TO (100)",
+        "CREATE TABLE xs_visit_high PARTITION OF xs_visit FOR VALUES FROM (100) TO (200)",
+        "INSERT INTO xs_visit VALUES (1, 2), (150, 2), (151, 1)",
+    ]
+    with schemas.engine.begin() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+    try:
+        run = cli("keys", schemas.url, "xs_customer", "--json")
+        assert [k["name"] for k in run.json()["keys"]] == [
+            f"{schemas.other}.xs_invoice(customer_id)",
+            "xs_visit(customer_id)",
+        ]
+        run = cli("dependents", schemas.url, "xs_customer", "2", "--json")
+        assert run.json()["count"] == 4  # 2 invoices, 2 visits
+        run = cli("merge", schemas.url, "xs_customer", "2", "1", "--delete", "--yes", "--json")
+        assert run.status == 0, run.err
+        assert run.json()["rowcount"] == 4
+        assert schemas.rows("xs_visit") == [(1, 1), (150, 1), (151, 1)]
+    finally:
+        with schemas.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE xs_visit")
