@@ -22,6 +22,10 @@ LockShape = Literal["in", "array", "json"]
 #: under the same name by the next merge (MySQL/MariaDB replace a savepoint set twice)
 SavepointStyle = Literal["released", "reused"]
 
+#: how the live catalog's foreign keys are listed in one pass: PostgreSQL's
+#: ``pg_constraint``, MySQL's ``information_schema``, else SQLAlchemy's Inspector
+CatalogShape = Literal["pg_constraint", "information_schema", "inspector"]
+
 #: how a batch's (source, target) pairs reach the database: one array parameter per
 #: column (PostgreSQL ``unnest()``), or a temporary table
 PairsShape = Literal["arrays", "temporary_table"]
@@ -58,6 +62,16 @@ class Backend:
     #: string comparisons may be equal for values Python finds different (MySQL's
     #: case-insensitive, PAD SPACE collations): memory cannot compute what matched
     inexact_string_comparison: bool
+    #: foreign keys are enforced only after ``PRAGMA foreign_keys=ON`` on each connection
+    foreign_keys_need_pragma: bool
+    #: the database is a file a mistyped path would silently create (SQLite)
+    file_database: bool
+    #: how the catalog's foreign keys are listed
+    catalog_shape: CatalogShape
+    #: partitions repeat their partitioned table's foreign keys in the catalog (PostgreSQL)
+    partitions_repeat_foreign_keys: bool
+    #: a foreign key may reference a table of another schema (not SQLite's attached files)
+    foreign_keys_cross_schemas: bool
 
 
 _backends: weakref.WeakKeyDictionary[Dialect, Backend] = weakref.WeakKeyDictionary()
@@ -94,4 +108,11 @@ def _describe(dialect: Dialect) -> Backend:
         update_returning=bool(dialect.update_returning),
         update_returning_multifrom=bool(dialect.update_returning_multifrom),
         inexact_string_comparison=mysql,
+        foreign_keys_need_pragma=sqlite,
+        file_database=sqlite,
+        catalog_shape=(
+            "pg_constraint" if postgresql else "information_schema" if mysql else "inspector"
+        ),
+        partitions_repeat_foreign_keys=postgresql,
+        foreign_keys_cross_schemas=not sqlite,
     )

@@ -44,7 +44,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import NullType, TypeEngine
 
-from sa_references._cli import URL_ENV_VAR, CommandError, json_value, key_values, main
+from sa_references._cli import URL_ENV_VAR, CommandError, main
+from sa_references._cli_input import key_values
+from sa_references._cli_render import json_value
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql", "mariadb")
 

@@ -1,0 +1,312 @@
+"""Foreign keys the database holds but a :class:`~sqlalchemy.MetaData` lacks.
+
+A merge follows the foreign keys of its MetaData.  A key the database holds
+that the MetaData does not know -- a table of another schema (a PostgreSQL
+schema, a MariaDB database), a table nobody modelled -- is never re-pointed:
+its rows stay on the source, and deleting the source then cascades to them
+(ON DELETE CASCADE), nulls them (SET NULL) or fails.  :func:`unfollowed_references`
+lists such keys from the live catalog; :func:`check_references` raises
+:class:`~sa_references.exc.UnfollowedReferenceError` when there is one.
+
+One catalog pass per call, in every schema but the system ones:
+
+* PostgreSQL: one query over ``pg_constraint`` (PostgreSQL 11 or later).  A
+  key on a partitioned table is reported once, for the partitioned table, not
+  for each partition (nor for each partition of a partitioned referred table).
+* MySQL / MariaDB: one query over ``information_schema`` (every database the
+  user can see: a "schema" there is a database).
+* Other dialects (SQLite: ``main`` and attached databases): the Inspector's
+  ``get_multi_foreign_keys`` per schema (on SQLite one ``PRAGMA
+  foreign_key_list`` per table; SQLite keys never cross databases).
+
+A key counts as followed when the MetaData holds a ForeignKeyConstraint on
+the same table (schema and name) over the same pairs of referencing and
+referred columns; schema ``None`` in the MetaData and the connection's
+default schema are the same schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, ForeignKeyConstraint, MetaData, Table, bindparam, inspect, text
+from sqlalchemy.exc import NoReferencedTableError
+from sqlalchemy.orm import Session
+
+from ._backend import backend_of
+from .exc import UnfollowedReferenceError
+
+__all__ = ["CatalogForeignKey", "check_references", "unfollowed_references"]
+
+#: schemas whose tables are the database's own
+SYSTEM_SCHEMAS = frozenset(
+    {"information_schema", "pg_catalog", "pg_toast", "mysql", "performance_schema", "sys"}
+)
+
+_PG_DELETE_RULES = {
+    "a": "NO ACTION",
+    "r": "RESTRICT",
+    "c": "CASCADE",
+    "n": "SET NULL",
+    "d": "SET DEFAULT",
+}
+
+_PG_KEYS = text(
+    """
+SELECT c.conname, n.nspname::text, t.relname::text, rn.nspname::text, rt.relname::text,
+    ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, i)
+          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+          ORDER BY k.i),
+    ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(attnum, i)
+          JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum
+          ORDER BY k.i),
+    c.confdeltype::text
+FROM pg_constraint c
+JOIN pg_class t ON t.oid = c.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_class rt ON rt.oid = c.confrelid
+JOIN pg_namespace rn ON rn.oid = rt.relnamespace
+WHERE c.contype = 'f' AND c.conparentid = 0
+  AND rn.nspname = ANY(:schemas) AND rt.relname = ANY(:tables)
+ORDER BY n.nspname, t.relname, c.conname
+"""
+)
+
+_MYSQL_KEYS = text(
+    """
+SELECT k.CONSTRAINT_NAME, k.TABLE_SCHEMA, k.TABLE_NAME, k.COLUMN_NAME,
+    k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, k.REFERENCED_COLUMN_NAME, r.DELETE_RULE
+FROM information_schema.KEY_COLUMN_USAGE k
+JOIN information_schema.REFERENTIAL_CONSTRAINTS r
+  ON r.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND r.CONSTRAINT_NAME = k.CONSTRAINT_NAME
+  AND r.TABLE_NAME = k.TABLE_NAME
+WHERE k.REFERENCED_TABLE_SCHEMA IN :schemas AND k.REFERENCED_TABLE_NAME IN :tables
+ORDER BY k.TABLE_SCHEMA, k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION
+"""
+).bindparams(bindparam("schemas", expanding=True), bindparam("tables", expanding=True))
+
+
+@dataclass(frozen=True)
+class CatalogForeignKey:
+    """A foreign key constraint as the database's catalog holds it.
+
+    ``schema`` and ``referred_schema`` are ``None`` for the connection's
+    default schema, as in :attr:`sqlalchemy.schema.Table.schema`; ``columns``
+    and ``referred_columns`` are pairwise, in the constraint's order.
+    """
+
+    name: str | None
+    schema: str | None
+    table: str
+    columns: tuple[str, ...]
+    referred_schema: str | None
+    referred_table: str
+    referred_columns: tuple[str, ...]
+    #: ``"CASCADE"``, ``"SET NULL"``, ``"NO ACTION"``...; None when the catalog does not say
+    on_delete: str | None = None
+
+    @property
+    def fullname(self) -> str:
+        """The referencing table, ``schema.table`` outside the default schema."""
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+    @property
+    def referred_fullname(self) -> str:
+        if self.referred_schema:
+            return f"{self.referred_schema}.{self.referred_table}"
+        return self.referred_table
+
+    def __str__(self) -> str:
+        name = f" ({self.name})" if self.name else ""
+        return (
+            f"{self.fullname}({', '.join(self.columns)}) -> "
+            f"{self.referred_fullname}({', '.join(self.referred_columns)}){name}"
+        )
+
+
+_Pairs = frozenset[tuple[str, str]]
+_Signature = tuple[str, str, str, str, _Pairs]  # schema, table, referred schema, table, pairs
+
+
+def unfollowed_references(
+    connection: Connection | Session, metadata_or_table: MetaData | Table
+) -> list[CatalogForeignKey]:
+    """The foreign keys of the live database that reference a table of ``metadata_or_table``
+    (every table of a MetaData, or the one Table) but have no matching
+    ForeignKeyConstraint in its MetaData: keys a merge would not follow.
+
+    ``connection``: a Connection, or a Session (its connection for the tables'
+    bind is used).  Looks in every schema of the database but the system ones;
+    sorted by referencing table (the default schema's first), then name.  E.g.::
+
+        with engine.connect() as connection:
+            for key in unfollowed_references(connection, Base.metadata):
+                print("not modelled:", key)
+    """
+    if isinstance(metadata_or_table, Table):
+        metadata, tables = metadata_or_table.metadata, [metadata_or_table]
+    else:
+        metadata, tables = metadata_or_table, list(metadata_or_table.tables.values())
+    if not tables:
+        return []
+    if isinstance(connection, Session):
+        connection = connection.connection(bind_arguments={"clause": tables[0]})
+    default = inspect(connection).default_schema_name or ""
+    targets = {(t.schema or default, t.name) for t in tables}
+    followed = _followed(metadata.tables.values(), default)
+    found = [
+        key
+        for key in _catalog_keys(connection, targets, default)
+        if (key.referred_schema or default, key.referred_table) in targets
+        and _signature(key, default) not in followed
+    ]
+    return sorted(
+        found, key=lambda k: (k.schema is not None, k.schema or "", k.table, k.name or "")
+    )
+
+
+def check_references(connection: Connection | Session, metadata_or_table: MetaData | Table) -> None:
+    """Raise :class:`~sa_references.exc.UnfollowedReferenceError` naming every key of
+    :func:`unfollowed_references`; do nothing when there is none."""
+    found = unfollowed_references(connection, metadata_or_table)
+    if found:
+        raise UnfollowedReferenceError(
+            f"the database holds {len(found)} foreign key(s) that the MetaData lacks, "
+            "so a merge would not re-point them: "
+            + "; ".join(str(k) for k in found)
+            + " (add the referencing tables to the MetaData, e.g. by reflecting them)"
+        )
+
+
+# ---------------------------------------------------------------- the MetaData's keys
+
+
+def _followed(tables: Iterable[Table], default: str) -> set[_Signature]:
+    signatures = set()
+    for table in tables:
+        for constraint in table.foreign_key_constraints:
+            signature = _constraint_signature(constraint, default)
+            if signature is not None:
+                signatures.add(signature)
+    return signatures
+
+
+def _constraint_signature(constraint: ForeignKeyConstraint, default: str) -> _Signature | None:
+    table = constraint.table
+    try:
+        referred = constraint.referred_table
+        pairs = frozenset(
+            (element.parent.name, element.column.name) for element in constraint.elements
+        )
+    except NoReferencedTableError:  # referred table not in the MetaData: not a merge's key
+        return None
+    return (table.schema or default, table.name, referred.schema or default, referred.name, pairs)
+
+
+def _signature(key: CatalogForeignKey, default: str) -> _Signature:
+    return (
+        key.schema or default,
+        key.table,
+        key.referred_schema or default,
+        key.referred_table,
+        frozenset(zip(key.columns, key.referred_columns)),
+    )
+
+
+# ---------------------------------------------------------------- the catalog
+
+
+def _catalog_keys(
+    connection: Connection, targets: set[tuple[str, str]], default: str
+) -> list[CatalogForeignKey]:
+    """Keys referencing (a superset of) ``targets``, by the dialect's cheapest pass."""
+    schemas = sorted({s for s, _ in targets})
+    names = sorted({n for _, n in targets})
+    shape = backend_of(connection).catalog_shape
+    if shape == "pg_constraint":
+        return _postgresql_keys(connection, schemas, names, default)
+    if shape == "information_schema":
+        return _mysql_keys(connection, schemas, names, default)
+    return _inspector_keys(connection, default)
+
+
+def _local(schema: str | None, default: str) -> str | None:
+    return None if schema is None or schema == default else schema
+
+
+def _postgresql_keys(
+    connection: Connection, schemas: Sequence[str], names: Sequence[str], default: str
+) -> list[CatalogForeignKey]:
+    rows = connection.execute(_PG_KEYS, {"schemas": list(schemas), "tables": list(names)})
+    return [
+        CatalogForeignKey(
+            name=row[0],
+            schema=_local(row[1], default),
+            table=row[2],
+            columns=tuple(row[5]),
+            referred_schema=_local(row[3], default),
+            referred_table=row[4],
+            referred_columns=tuple(row[6]),
+            on_delete=_PG_DELETE_RULES.get(row[7]),
+        )
+        for row in rows
+    ]
+
+
+def _mysql_keys(
+    connection: Connection, schemas: Sequence[str], names: Sequence[str], default: str
+) -> list[CatalogForeignKey]:
+    rows = connection.execute(_MYSQL_KEYS, {"schemas": list(schemas), "tables": list(names)})
+    grouped: dict[tuple[str, str, str], list[tuple[str, ...]]] = {}
+    for name, schema, table, column, r_schema, r_table, r_column, rule in rows:
+        grouped.setdefault((schema, table, name), []).append(
+            (column, r_schema, r_table, r_column, rule)
+        )
+    keys = []
+    for (schema, table, name), parts in grouped.items():
+        _, r_schema, r_table, _, rule = parts[0]
+        keys.append(
+            CatalogForeignKey(
+                name=name,
+                schema=_local(schema, default),
+                table=table,
+                columns=tuple(p[0] for p in parts),
+                referred_schema=_local(r_schema, default),
+                referred_table=r_table,
+                referred_columns=tuple(p[3] for p in parts),
+                on_delete=rule,
+            )
+        )
+    return keys
+
+
+def _inspector_keys(connection: Connection, default: str) -> list[CatalogForeignKey]:
+    inspector = inspect(connection)
+    # keys that cannot cross databases stay in their own one: SQLite's attached files
+    same_schema = not backend_of(connection).foreign_keys_cross_schemas
+    keys = []
+    for schema in inspector.get_schema_names():
+        if schema.lower() in SYSTEM_SCHEMAS:
+            continue
+        found = inspector.get_multi_foreign_keys(schema=None if schema == default else schema)
+        for (table_schema, table), foreign_keys in found.items():
+            for fk in foreign_keys:
+                referred_schema = fk.get("referred_schema")
+                if referred_schema is None and same_schema:
+                    referred_schema = table_schema
+                options = fk.get("options") or {}
+                ondelete = options.get("ondelete")
+                keys.append(
+                    CatalogForeignKey(
+                        name=fk.get("name"),
+                        schema=_local(table_schema, default),
+                        table=table,
+                        columns=tuple(fk["constrained_columns"]),
+                        referred_schema=_local(referred_schema, default),
+                        referred_table=fk["referred_table"],
+                        referred_columns=tuple(fk["referred_columns"]),
+                        on_delete=ondelete.upper() if ondelete else None,
+                    )
+                )
+    return keys

@@ -1,0 +1,334 @@
+"""The command line's inputs: the database URL, the reflected table, keys and CSV pairs.
+
+Also the errors a command reports as one line (:class:`CommandError` and its
+subclasses, each with its exit status).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import decimal
+import difflib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    ForeignKeyConstraint,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.schema import BLANK_SCHEMA
+
+from ._backend import backend_of
+from ._catalog import check_references, unfollowed_references
+from ._pairs import primary_key_values
+
+URL_ENV_VAR = "SA_REFERENCES_URL"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DECLINED = 3
+EXIT_COMMITTED_OUTPUT_FAILED = 4
+EXIT_INTERRUPTED = 130
+
+Values = tuple[Any, ...]
+
+
+class CommandError(Exception):
+    """A failure the command reports as one line, with its exit status."""
+
+    exit_status = EXIT_ERROR
+
+
+class UsageError(CommandError):
+    exit_status = EXIT_USAGE
+
+
+class Declined(CommandError):
+    exit_status = EXIT_DECLINED
+
+
+class OutputFailedAfterCommit(CommandError):
+    """The merge was committed; writing its result then failed (a closed pipe, a full disk)."""
+
+    exit_status = EXIT_COMMITTED_OUTPUT_FAILED
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def describe_error(error: BaseException) -> str:
+    """The error as one line: a driver's message without SQLAlchemy's statement dump."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        return one_line(f"{type(error).__name__}: {error.orig}")
+    if isinstance(error, SQLAlchemyError):
+        return one_line(str(error.args[0]) if error.args else str(error))
+    return one_line(str(error))
+
+
+# ---------------------------------------------------------------- database
+
+
+def url_text(text: str) -> str:
+    """The URL argument, or the environment variable's value for ``-``."""
+    if text != "-":
+        return text
+    value = os.environ.get(URL_ENV_VAR, "")
+    if not value:
+        raise UsageError(f"URL is '-' but ${URL_ENV_VAR} is not set")
+    return value
+
+
+def make_engine(text: str) -> Engine:
+    try:
+        url = make_url(text)
+        check_sqlite_file(url)
+        engine = create_engine(url)
+    except (ArgumentError, NoSuchModuleError) as error:
+        raise CommandError(f"bad database URL: {describe_error(error)}") from None
+    except ImportError as error:
+        raise CommandError(
+            f"cannot load the database driver for {url.drivername}: {error}"
+        ) from None
+    if backend_of(engine.dialect).foreign_keys_need_pragma:
+        enforce_sqlite_foreign_keys(engine)
+    return engine
+
+
+def check_sqlite_file(url: URL) -> None:
+    """Refuse to let SQLite create an empty database for a mistyped path."""
+    if not backend_of(url.get_dialect()()).file_database:
+        return
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return
+    if not Path(database).is_file():
+        raise CommandError(f"SQLite database file {database!r} does not exist")
+
+
+def enforce_sqlite_foreign_keys(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _foreign_keys_on(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+@contextlib.contextmanager
+def database(url: str) -> Iterator[Engine]:
+    """An engine for the URL argument (``-``: the environment variable), disposed of after."""
+    engine = make_engine(url_text(url))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def reflect_table(
+    connection: Connection, name: str, schema: str | None, *, check: bool = False
+) -> Table:
+    """Reflect the schema and return TABLE from it (one-line error naming close matches),
+    with every table of other schemas that references it reflected too.
+
+    ``check``: raise :class:`~sa_references.exc.UnfollowedReferenceError` if a foreign
+    key to TABLE still lacks from the MetaData (a merge would not re-point it).
+    """
+    metadata = MetaData()
+    partitions = partition_names(connection, schema) - {name}
+    metadata.reflect(
+        connection,
+        schema=schema,
+        only=(lambda table, _metadata: table not in partitions) if partitions else None,
+        # tables other schemas' keys point at are not needed (nor partitions pulled in)
+        resolve_fks=False,
+    )
+    fullname = f"{schema}.{name}" if schema else name
+    table = metadata.tables.get(fullname)
+    if table is None:
+        where = f" in schema {schema!r}" if schema else ""
+        known = [t.name for t in metadata.tables.values() if t.schema == schema]
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise CommandError(f"table {name!r} not found{where}{hint}")
+    if reflect_referencing_tables(connection, table) and check:
+        check_references(connection, table)
+    return table
+
+
+def partition_names(connection: Connection, schema: str | None) -> set[str]:
+    """PostgreSQL: the partitions in the schema.  They are left out of the reflection:
+    each holds a copy of its partitioned table's foreign keys, which would be followed
+    (and counted) once per partition."""
+    if not backend_of(connection).partitions_repeat_foreign_keys:
+        return set()
+    rows = connection.execute(
+        text(
+            "SELECT c.relname::text FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relispartition AND n.nspname = COALESCE(:schema, current_schema())"
+        ),
+        {"schema": schema},
+    )
+    return set(rows.scalars())
+
+
+def reflect_referencing_tables(connection: Connection, table: Table) -> bool:
+    """Add to ``table``'s MetaData the tables of any schema whose foreign keys reference it
+    (found in the database's catalog), so that merges follow them.
+
+    Schemas are named as the MetaData names them: the default schema as ``None``,
+    or by name when TABLE was reflected with it (``--schema public``).  Returns whether
+    there were any.
+    """
+    if not backend_of(connection).foreign_keys_cross_schemas:  # all reflected already
+        return False
+    metadata = table.metadata
+    missing = unfollowed_references(connection, table)
+    if not missing:
+        return False
+    default = inspect(connection).default_schema_name
+    default_form = table.schema if table.schema is not None and table.schema == default else None
+
+    def local(schema: str | None) -> str | None:
+        return default_form if schema is None or schema == default else schema
+
+    def referred_schema(
+        _table: Table, _to: str | None, _fk: ForeignKeyConstraint, referred: str | None
+    ) -> str | None:
+        schema = local(referred)  # BLANK_SCHEMA: no schema (None would keep the old one)
+        return schema if schema is not None else cast(str, BLANK_SCHEMA)
+
+    scratch = MetaData()
+    for key in missing:
+        Table(key.table, scratch, schema=key.schema, autoload_with=connection)
+    for reflected in scratch.sorted_tables:
+        schema = local(reflected.schema)
+        if (f"{schema}.{reflected.name}" if schema else reflected.name) not in metadata.tables:
+            reflected.to_metadata(
+                metadata,
+                schema=schema,  # type: ignore[arg-type]  # None: the default schema
+                referred_schema_fn=referred_schema,
+            )
+    return True
+
+
+# ---------------------------------------------------------------- keys
+
+
+def split_key(text: str) -> list[str]:
+    """``"TEA,M"`` -> ``["TEA", "M"]``; CSV quoting for values holding commas."""
+    if text == "":
+        return []
+    try:
+        return next(csv.reader([text], strict=True))
+    except csv.Error as error:
+        raise CommandError(f"cannot read key {text!r}: {error}") from None
+
+
+def convert_value(column: Any, text: str) -> Any:
+    """A command-line string as the column's Python type, where that type is known."""
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return text
+    convert = CONVERTERS.get(python_type)
+    if convert is None:
+        return text
+    try:
+        return convert(text)
+    except (ValueError, ArithmeticError):
+        raise CommandError(
+            f"{text!r} is not a valid {python_type.__name__} for "
+            f"{column.table.fullname}.{column.name}"
+        ) from None
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "t", "yes", "y"):
+        return True
+    if lowered in ("0", "false", "f", "no", "n"):
+        return False
+    raise ValueError(text)
+
+
+CONVERTERS: dict[type, Callable[[str], Any]] = {
+    str: str,
+    int: int,
+    float: float,
+    bool: parse_bool,
+    decimal.Decimal: decimal.Decimal,
+    datetime.date: datetime.date.fromisoformat,
+    datetime.datetime: datetime.datetime.fromisoformat,
+    datetime.time: datetime.time.fromisoformat,
+    uuid.UUID: uuid.UUID,
+    bytes: bytes.fromhex,
+}
+
+
+def key_values(table: Table, key: Any) -> Values:
+    """KEY as a tuple of primary key values: a string as on the command line (each value
+    converted to its column's type), or the values themselves (a scalar, a sequence or a
+    mapping, as for :func:`merge_rows`)."""
+    if not isinstance(key, str):
+        return primary_key_values(table, key)
+    parts = split_key(key)
+    columns = list(table.primary_key.columns)
+    if len(parts) != len(columns):
+        primary_key_values(table, parts)  # raises: no primary key, or the wrong number of values
+    return primary_key_values(table, [convert_value(c, p) for c, p in zip(columns, parts)])
+
+
+# ---------------------------------------------------------------- CSV pairs
+
+
+def read_pairs(path: Path, table: Table) -> list[tuple[Values, Values]]:
+    """The (source, target) keys of a CSV file; errors name the file and line."""
+    pairs = []
+    with path.open(newline="", encoding="utf-8-sig") as stream:
+        reader = csv.reader(stream, strict=True)
+        try:
+            columns = pair_columns(next(reader, None))
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    pairs.append(pair_from_row(table, row, columns))
+        except CommandError as error:
+            raise CommandError(f"{path} line {reader.line_num}: {error}") from None
+        except (csv.Error, SQLAlchemyError) as error:
+            message = describe_error(error)
+            raise CommandError(f"{path} line {reader.line_num}: {message}") from None
+    return pairs
+
+
+def pair_columns(header: list[str] | None) -> tuple[int, int, int]:
+    """Positions of the source and target columns, and the number of columns."""
+    cells = [cell.strip().lower() for cell in header or []]
+    if "source" not in cells or "target" not in cells:
+        raise CommandError(f"the header must name the columns source and target; got {header}")
+    return cells.index("source"), cells.index("target"), len(cells)
+
+
+def pair_from_row(
+    table: Table, row: list[str], columns: tuple[int, int, int]
+) -> tuple[Values, Values]:
+    source, target, width = columns
+    if len(row) != width:
+        raise CommandError(f"expected {width} fields like the header, found {len(row)}")
+    if not row[source] or not row[target]:
+        raise CommandError("the source or the target is empty")
+    return key_values(table, row[source]), key_values(table, row[target])

@@ -1,0 +1,120 @@
+"""The command line's commands called from Python: typed arguments, results returned,
+nothing printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sa_references._cli_commands import (
+    DependentsResult,
+    KeysResult,
+    MergeOptions,
+    MergeResult,
+    PairsResult,
+    dependents,
+    keys,
+    merge,
+    merge_pairs,
+)
+from sa_references._cli_input import CommandError, Declined
+from sa_references._cli_render import merge_json
+from sa_references.exc import MergeConflictError
+from tests import test_cli
+from tests.test_cli import Database, write_csv
+
+database = test_cli.database  # fixture
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql", "mariadb")
+
+
+def test_commands_return_results(database: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    found = keys(database.url, "cli_customer")
+    assert isinstance(found, KeysResult)
+    assert found.table.name == "cli_customer"
+    assert [k.name for k in found.keys] == [
+        "cli_customer(referrer_id)",
+        "cli_customer_tag(customer_id)",
+        "cli_order(customer_id)",
+    ]
+
+    rows = dependents(database.url, "cli_customer", 3, limit=1)
+    assert isinstance(rows, DependentsResult)
+    assert (rows.key, rows.count) == ((3,), 5)
+    assert {s.key.name: s.count for s in rows.samples}["cli_order(customer_id)"] == 2
+    assert all(len(s.rows) <= 1 for s in rows.samples)
+
+    before = database.snapshot()
+    plan = merge(database.url, "cli_customer", "3", "1", MergeOptions(dry_run=True))
+    assert isinstance(plan, MergeResult)
+    assert (plan.dry_run, plan.committed, plan.rowcount) == (True, False, 4)
+    assert [row for c in plan.conflicts for row in c.rows] == [(3, 1)]
+    with pytest.raises(MergeConflictError):
+        plan.refuse_conflicts()
+    assert database.snapshot() == before
+
+    shown: list[MergeResult] = []
+
+    def decline(candidate: MergeResult) -> bool:
+        shown.append(candidate)
+        return False
+
+    options = MergeOptions(on_conflict="delete", delete=True)
+    with pytest.raises(Declined):
+        merge(database.url, "cli_customer", (3,), {"id": 1}, options, confirm=decline)
+    assert shown[0].dry_run and shown[0].deleted == 1
+    assert database.snapshot() == before
+
+    done = merge(database.url, "cli_customer", 3, 1, options, confirm=lambda plan: True)
+    assert (done.dry_run, done.committed) == (False, True)
+    assert (done.source, done.target, done.rowcount, done.deleted) == ((3,), (1,), 4, 1)
+    assert merge_json(done)["source"] == {"id": 3}
+    assert database.customer_of_orders()[2] == 1
+    assert capsys.readouterr() == ("", "")  # nothing printed
+
+
+def test_merge_pairs_from_python(database: Database, tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    options = MergeOptions(delete=True, batch_size=1)
+    result = merge_pairs(
+        database.url,
+        "cli_customer",
+        [(5, 6), ("4", "2")],
+        options,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert isinstance(result, PairsResult)
+    assert (result.pairs, result.batches, result.committed, result.origin) == (2, 2, True, "pairs")
+    assert calls == [(1, 2), (2, 2)]
+    assert [row[0] for row in database.rows("cli_customer")] == [1, 2, 3, 6]
+
+    path = Path(write_csv(tmp_path / "pairs.csv", "source,target\n3,1\n"))
+    plan: Any = merge_pairs(
+        database.url, "cli_customer", path, MergeOptions(on_conflict="delete", dry_run=True)
+    )
+    assert (plan.dry_run, plan.origin, plan.deleted, plan.resolved) == (
+        True,
+        str(path),
+        1,
+        (((3,), (1,)),),
+    )
+
+
+def test_a_run_that_differs_from_its_plan_is_refused(database: Database) -> None:
+    """The database changes while the plan is shown: the merge changes nothing."""
+
+    def meanwhile(plan: MergeResult) -> bool:
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO cli_order VALUES (6, 5, 'MUG', 'STD')")
+        return True
+
+    before = database.snapshot()
+    with pytest.raises(CommandError, match=r"changed after the plan .*cli_order\(customer_id\)"):
+        merge(database.url, "cli_customer", 5, 6, confirm=meanwhile)
+    after = database.snapshot()
+    assert after["cli_order"] == [*before["cli_order"], (6, 5, "MUG", "STD")]
+    assert {k: v for k, v in after.items() if k != "cli_order"} == {
+        k: v for k, v in before.items() if k != "cli_order"
+    }
