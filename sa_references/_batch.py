@@ -31,6 +31,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
 from . import _statements as sql
+from ._compat import add_note, insert_parameter_order
 from ._keys import AnyColumn, ReferencingKey, reference_graph
 from ._merge import key_normaliser
 from ._repoint import (
@@ -225,7 +226,7 @@ def _insert_rows(connection: Connection, table: Table, rows: Sequence[Values]) -
         return
     compiled = table.insert().compile(dialect=dialect)
     if dialect.positional:
-        order = [names.index(n) for n in compiled.positiontup or ()]
+        order = [names.index(n) for n in insert_parameter_order(compiled)]
         parameters: list[Any] = (
             list(rows)
             if order == list(range(len(names)))
@@ -316,9 +317,10 @@ def _apply_all(
                     raise MergeConflictError(batch.conflicts)
             result, moved = _apply(bind, tables, batch, on_conflict, fetch)
         except DBAPIError as error:
-            error.add_note(
+            add_note(
+                error,
                 f"sa_references: batch failed on {batch.key.name} for "
-                + _describe_pairs(batch.pairs)
+                + _describe_pairs(batch.pairs),
             )
             raise
         updated.add(batch.key.table)

@@ -13,6 +13,7 @@ from sqlalchemy.orm.exc import UnmappedClassError, UnmappedColumnError
 
 from . import _repoint as repoint
 from . import _statements as sql
+from ._compat import pending_deletions
 from ._keys import AnyColumn, ReferenceGraph, python_type_of, reference_graph
 from ._repoint import Bind, OnConflict, OnSelfReference, check_options
 from ._report import MergeReport
@@ -78,10 +79,10 @@ def session_of(source: object, target: object) -> Session:
 
 def marked_for_deletion(session: Session, state: InstanceState[Any]) -> bool:
     """``obj in session.deleted``, without building that set (one per call) anew."""
-    pending = getattr(session, "_deleted", None)
-    if isinstance(pending, dict):
+    pending = pending_deletions(session)
+    if pending is not None:
         return state in pending
-    return state.obj() in session.deleted  # pragma: no cover - a Session without _deleted
+    return state.obj() in session.deleted  # pragma: no cover - no pending_deletions()
 
 
 def referred_values(obj: object, columns: Sequence[AnyColumn]) -> Values:

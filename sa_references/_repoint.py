@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from . import _statements as sql
+from ._compat import add_note, savepoint_name
 from ._keys import AnyColumn, ReferencingKey
 from ._report import Conflict, KeyResult, clashing_rows
 from ._sync import SYNCHRONIZE_MODES, KeyMoves
@@ -179,7 +180,7 @@ def _undo(
     if release_failed and opened is not None and alive:
         # what NestedTransaction.rollback() would have sent, in the dialect's own form
         with contextlib.suppress(SQLAlchemyError):
-            connection.dialect.do_rollback_to_savepoint(connection, opened._savepoint)
+            connection.dialect.do_rollback_to_savepoint(connection, savepoint_name(opened))
 
 
 def execute(
@@ -194,7 +195,7 @@ def execute(
         return bind.execute(statement, params)
     except DBAPIError as error:
         keys = [key] if isinstance(key, ReferencingKey) else key
-        error.add_note(f"sa_references: failed while {what} {', '.join(k.name for k in keys)}")
+        add_note(error, f"sa_references: failed while {what} {', '.join(k.name for k in keys)}")
         raise
 
 
