@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from importlib import metadata
 from pathlib import Path
 
 import sa_references
-from sa_references import exc
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
