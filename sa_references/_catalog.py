@@ -92,7 +92,7 @@ class CatalogForeignKey:
     """A foreign key constraint as the database's catalog holds it.
 
     ``schema`` and ``referred_schema`` are ``None`` for the connection's
-    default schema, as in :attr:`sqlalchemy.schema.Table.schema`; ``columns``
+    default schema, as in ``Table.schema``; ``columns``
     and ``referred_columns`` are pairwise, in the constraint's order.
     """
 

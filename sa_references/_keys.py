@@ -26,9 +26,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import ArgumentError, NoReferencedTableError
 from sqlalchemy.orm import Mapper, registry
-from sqlalchemy.orm.mapper import _all_registries
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
+
+from ._compat import all_registries
 
 AnyColumn = Column[Any]
 
@@ -247,7 +248,7 @@ class ReferenceGraph:
         self.mappers = sorted(
             (
                 m
-                for reg in _all_registries()
+                for reg in all_registries()
                 for m in reg.mappers
                 if any(getattr(t, "metadata", None) is metadata for t in m.tables)
             ),

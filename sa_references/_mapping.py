@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import _statements as sql
 from ._backend import Backend
-from ._compat import positional_names
+from ._compat import insert_parameter_order
 from ._keys import AnyColumn
 
 Values = tuple[Any, ...]
@@ -105,7 +105,7 @@ def _insert_rows(connection: Connection, table: Table, rows: Sequence[Values]) -
         return
     compiled = table.insert().compile(dialect=dialect)
     if dialect.positional:
-        order = [names.index(n) for n in positional_names(compiled)]
+        order = [names.index(n) for n in insert_parameter_order(compiled)]
         parameters: list[Any] = (
             list(rows)
             if order == list(range(len(names)))

@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import InstanceState, Mapper, Session, attributes
 from sqlalchemy.orm.exc import UnmappedClassError, UnmappedColumnError
 
+from ._compat import pending_deletions
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey, reference_graph
 from .exc import ReferencesError
 
@@ -73,10 +74,10 @@ def session_of(source: object, target: object) -> Session:
 
 def marked_for_deletion(session: Session, state: InstanceState[Any]) -> bool:
     """``obj in session.deleted``, without building that set (one per call) anew."""
-    pending = getattr(session, "_deleted", None)
-    if isinstance(pending, dict):
+    pending = pending_deletions(session)
+    if pending is not None:
         return state in pending
-    return state.obj() in session.deleted  # pragma: no cover - a Session without _deleted
+    return state.obj() in session.deleted  # pragma: no cover - no dict of pending deletions
 
 
 def referred_values(obj: object, columns: Sequence[AnyColumn]) -> Values:

@@ -50,6 +50,7 @@ from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 from sqlalchemy.sql import visitors
 
+from ._compat import refile, register_altered
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey
 from ._loaded import loaded_states
 
@@ -167,41 +168,6 @@ def _lists(parent: InstanceState[Any], rel: Relationship, member: object) -> boo
 
 def _unflushed(state: InstanceState[Any], names: Iterable[str]) -> bool:
     return any(name in state.committed_state for name in names)
-
-
-# -- the identity map (SQLAlchemy internals, isolated here) ----------------------------------
-
-
-def refile(session: Session, state: InstanceState[Any], new_key: IdentityKey) -> None:
-    """File ``state`` under ``new_key`` in ``session``'s identity map.
-
-    SQLAlchemy internals: what ``Session._register_persistent`` does when a flush
-    changes a primary key (``identity_map.safe_discard``/``replace``, ``state.key``,
-    and the transaction's ``_key_switches`` through which a rollback files the
-    object under its old key again).  No public API re-keys a persistent object.
-    """
-    old_key = state.key
-    if old_key == new_key:
-        return
-    identity_map = session.identity_map
-    identity_map.safe_discard(state)
-    transaction = session._transaction
-    if transaction is not None:
-        switches = transaction._key_switches
-        original = switches[state][0] if state in switches else old_key
-        switches[state] = (original, new_key)
-    state.key = new_key
-    identity_map.replace(state)
-
-
-def register_altered(session: Session, objects: Iterable[object]) -> None:
-    """Have a rollback of the current transaction expire ``objects`` (changed in memory).
-
-    SQLAlchemy internal: ``Session._register_altered``, which the ORM's own bulk
-    UPDATE calls for the objects it synchronized; a rolled-back SAVEPOINT expires
-    only the objects its transaction saw altered.
-    """
-    session._register_altered({id(s): s for s in map(instance_state, objects)}.values())
 
 
 # -- the mapped attributes that follow one key -----------------------------------------------

@@ -1,0 +1,69 @@
+"""The documentation and the package metadata agree with the code."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from importlib import metadata
+from pathlib import Path
+
+import sa_references
+from sa_references import exc
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def test_version_is_single_sourced() -> None:
+    # pyproject.toml reads the version from sa_references/__init__.py (hatch dynamic version)
+    assert sa_references.__version__ == metadata.version("sa_references")
+    assert 'dynamic = ["version"]' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_metadata_names_the_license() -> None:
+    meta = metadata.metadata("sa_references")
+    assert meta["License-Expression"] == "MIT"
+    assert "License :: OSI Approved :: MIT License" in meta.get_all("Classifier", [])
+    assert "Copyright (c) 2026 the sa_references authors" in (ROOT / "LICENSE").read_text()
+
+
+def api_directives() -> dict[str, str]:
+    """``{name: directive}`` for each ``.. autoX:: sa_references.NAME`` of docs/api.rst."""
+    text = (DOCS / "api.rst").read_text()
+    found = re.findall(r"^\.\. (auto\w+):: sa_references\.(\w+)", text, re.M)
+    return {name: directive for directive, name in found}
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    documented = api_directives()
+    missing = [name for name in sa_references.__all__ if name not in documented]
+    assert not missing, f"add a directive to docs/api.rst for: {', '.join(missing)}"
+    assert not set(documented) - set(sa_references.__all__), "api.rst documents a private name"
+
+
+def test_exceptions_are_documented_as_exceptions() -> None:
+    documented = api_directives()
+    for name in exc.__all__:
+        assert documented[name] == "autoexception", name
+    for name in set(sa_references.__all__) - set(exc.__all__):
+        value = getattr(sa_references, name)
+        if inspect.isfunction(value):
+            kind = "autofunction"
+        elif inspect.isclass(value):
+            kind = "autoclass"
+        else:  # a constant (USE_SESSION_DEFAULT)
+            kind = "autodata"
+        assert documented[name] == kind, name
+
+
+def test_every_page_is_in_the_toctree() -> None:
+    index = (DOCS / "index.rst").read_text()
+    for page in DOCS.glob("*.rst"):
+        if page.stem != "index":
+            assert re.search(rf"^   {re.escape(page.stem)}$", index, re.M), page.name
+
+
+def test_package_docstring_points_to_the_docs() -> None:
+    doc = sa_references.__doc__ or ""
+    assert "docs/" in doc
+    assert len(doc.splitlines()) <= 30
