@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, MetaData, Table, select, text
+from sqlalchemy import Connection, Engine, MetaData, Table, select, text
 from sqlalchemy.orm import Session, registry
 
 from sa_references import ReferencesSession, merge_into, merge_many, merge_rows
@@ -28,10 +28,14 @@ SERVERS = ("postgresql", "mariadb")
 
 
 @contextmanager
-def built(db: Backend, metadata: MetaData, **execution_options: Any) -> Iterator[Connection]:
+def built(
+    db: Backend, metadata: MetaData, engine: Engine | None = None, **execution_options: Any
+) -> Iterator[Connection]:
     """Create ``metadata``'s tables, yield a connection in a transaction (rolled back
-    afterwards), then drop the tables."""
-    engine = db.engine.execution_options(**execution_options) if execution_options else db.engine
+    afterwards), then drop the tables.  ``engine`` defaults to the backend's."""
+    engine = db.engine if engine is None else engine
+    if execution_options:
+        engine = engine.execution_options(**execution_options)
     metadata.drop_all(engine)
     metadata.create_all(engine)
     try:
