@@ -66,8 +66,14 @@ def snapshot(connection: Connection, metadata: MetaData) -> dict[str, list[tuple
 
 
 def rows(connection: Connection, table: Table, *columns: str) -> list[tuple[Any, ...]]:
+    """The rows of ``table`` (or of some of its columns), sorted (by repr when values of
+    different types, NULL among them, cannot be compared)."""
     cols = [table.c[c] for c in columns] if columns else list(table.c)
-    return sorted((tuple(r) for r in connection.execute(select(*cols))), key=repr)
+    found = [tuple(r) for r in connection.execute(select(*cols))]
+    try:
+        return sorted(found)
+    except TypeError:
+        return sorted(found, key=repr)
 
 
 def still_usable(connection: Connection) -> None:
