@@ -142,3 +142,33 @@ def mark_bugs(
     reason = bugs.get((db.name, *parts)) or bugs.get(("*", *parts))
     if reason is not None:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+@contextmanager
+def committed(
+    db: Backend, metadata: MetaData, data: dict[Table, Sequence[dict[str, Any]]]
+) -> Iterator[None]:
+    """Create ``metadata``'s tables with ``data`` committed (for tests that use several
+    connections), and drop them afterwards: close every connection before the block ends."""
+    metadata.drop_all(db.engine)
+    metadata.create_all(db.engine)
+    try:
+        with db.engine.begin() as connection:
+            seed(connection, data)
+        yield
+    finally:
+        metadata.drop_all(db.engine)
+
+
+def committed_rows(db: Backend, table: Table) -> list[tuple[Any, ...]]:
+    """``rows`` as committed, read on a new connection."""
+    with db.engine.connect() as connection:
+        return rows(connection, table)
+
+
+def lock_timeout(connection: Connection, seconds: int) -> None:
+    """Bound how long ``connection`` waits for a row lock (servers)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"SET lock_timeout = '{seconds}s'"))
+    elif connection.dialect.name in ("mysql", "mariadb"):
+        connection.execute(text(f"SET SESSION innodb_lock_wait_timeout = {seconds}"))
