@@ -256,3 +256,37 @@ def test_no_rule_no_cascade_listed(enforced: Backend, entry: str, request: Any) 
         )
         assert report.deleted == 1
         assert cascaded(report) == {}
+
+
+@pytest.mark.xfail(
+    strict=True, reason="#13.4 (found): unenforced keys: payments left on a deleted row"
+)
+@pytest.mark.backends("sqlite-nofk")
+@pytest.mark.parametrize("on_delete", ["CASCADE", "SET NULL", "NO ACTION"])
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_unenforced_foreign_keys_leave_nothing_dangling(
+    db: Backend, entry: str, on_delete: str
+) -> None:
+    """Without enforced foreign keys no ON DELETE rule runs: deleting the clashing
+    subscription leaves its payments referencing a row that is gone.  Required: the rule
+    applied by the merge itself, or a refusal that changes nothing."""
+    md, t = billing(on_delete)
+    with built(db, md) as connection:
+        seed_billing(connection, t)
+        before = snapshot(connection, md)
+        try:
+            merge(
+                entry,
+                connection,
+                t["customer"],
+                1,
+                2,
+                cls=mapped(t["customer"]),
+                on_conflict="delete",
+            )
+        except DeleteRestrictedError:
+            assert snapshot(connection, md) == before
+            return
+        subscriptions = {r[0] for r in rows(connection, t["subscription"])}
+        dangling = [r for r in rows(connection, t["payment"]) if r[1] not in subscriptions]
+        assert all(r[1] is None for r in dangling), f"payments of a deleted row: {dangling}"
