@@ -1,0 +1,163 @@
+"""Another transaction changes the rows being merged: #13.3 (the duplicate's referred value
+renamed meanwhile) and #13.17 (the target deleted meanwhile, REPEATABLE READ).
+
+Servers only (SQLite has no concurrent writers).  The other transaction commits before the
+merge takes its locks, so nothing waits and nothing can deadlock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, select
+from sqlalchemy import inspect as sa_inspect
+
+from sa_references import RowNotFoundError
+from tests.conftest import Backend
+from tests.promise_schemas import (
+    ENTRY_POINTS,
+    ORM_ENTRY_POINTS,
+    committed,
+    committed_rows,
+    mapped,
+    merge,
+    orm_session,
+    rows,
+    snapshot,
+    still_usable,
+)
+
+pytestmark = pytest.mark.backends("postgresql", "mariadb")
+
+
+# -- #13.3: the referred value renamed by another transaction ----------------------------------
+
+
+def coupons() -> tuple[MetaData, Table, Table]:
+    md = MetaData()
+    customer = Table(
+        "pr3_customer",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("code", String(10), unique=True, nullable=False),
+    )
+    coupon = Table(
+        "pr3_coupon",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column(
+            "customer_code",
+            String(10),
+            ForeignKey("pr3_customer.code", onupdate="CASCADE", ondelete="CASCADE"),
+            nullable=False,
+        ),
+    )
+    return md, customer, coupon
+
+
+def rename_bug(backend: str, entry: str) -> str | None:
+    if entry in ORM_ENTRY_POINTS:
+        return "#13.3: the loaded (stale) referred value is used: coupon cascaded away"
+    if backend == "mariadb":
+        return "#13.3: the referred value is read from the snapshot: coupon cascaded away"
+    return None
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_referred_value_renamed_meanwhile(
+    db: Backend, request: pytest.FixtureRequest, entry: str
+) -> None:
+    reason = rename_bug(db.name, entry)
+    if reason:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    md, customer, coupon = coupons()
+    data = {
+        customer: [{"id": 1, "code": "OLD"}, {"id": 2, "code": "KEEP"}],
+        coupon: [{"id": 1, "customer_code": "OLD"}],
+    }
+    with committed(db, md, data), db.engine.connect() as connection:
+        connection.begin()
+        Customer, Coupon = mapped(customer), mapped(coupon)
+        session = loaded = None
+        if entry in ORM_ENTRY_POINTS:
+            session = orm_session(connection, entry)
+            held = [session.get(Customer, 1), session.get(Customer, 2)]  # noqa: F841 (kept)
+            loaded = session.get(Coupon, 1)
+        else:  # read before the rename: on MariaDB that takes the REPEATABLE READ snapshot
+            connection.execute(select(customer)).all()
+        with db.engine.begin() as other:  # committed before the merge locks anything
+            other.execute(customer.update().where(customer.c.id == 1).values(code="NEW"))
+        merge(entry, connection, customer, 1, 2, cls=Customer, session=session, delete=True)
+        assert rows(connection, coupon) == [(1, "KEEP")], "the coupon was lost"
+        assert rows(connection, customer, "id") == [(2,)]
+        if loaded is not None:  # the loaded coupon is in step (or expired, then reloaded)
+            assert sa_inspect(loaded).persistent
+            assert loaded.customer_code == "KEEP"
+            session.close()
+        connection.rollback()
+
+
+# -- #13.17: the target deleted by another transaction after the snapshot -----------------------
+
+
+def orders_schema() -> tuple[MetaData, Table, Table]:
+    md = MetaData()
+    customer = Table(
+        "pr17_customer", md, Column("id", Integer, primary_key=True, autoincrement=False)
+    )
+    orders = Table(
+        "pr17_orders",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("customer_id", Integer, ForeignKey("pr17_customer.id"), nullable=False),
+    )
+    return md, customer, orders
+
+
+def deleted_target_bug(backend: str, isolation: str, entry: str) -> str | None:
+    if isolation != "REPEATABLE READ":
+        return None
+    if backend == "mariadb" and entry == "merge_rows":
+        return "#13.17: raw IntegrityError: target read from the snapshot"
+    if backend == "postgresql":
+        return "#13.17: a raw SerializationFailure, not ConcurrentMergeError"
+    return None
+
+
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "READ COMMITTED"])
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_target_deleted_meanwhile(
+    db: Backend, request: pytest.FixtureRequest, entry: str, isolation: str
+) -> None:
+    reason = deleted_target_bug(db.name, isolation, entry)
+    if reason:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    md, customer, orders = orders_schema()
+    data = {customer: [{"id": 1}, {"id": 2}, {"id": 3}], orders: [{"id": 1, "customer_id": 1}]}
+    with committed(db, md, data):
+        engine = db.engine.execution_options(isolation_level=isolation)
+        with engine.connect() as connection:
+            connection.begin()
+            Customer = mapped(customer)
+            session = None
+            if entry in ORM_ENTRY_POINTS:
+                session = orm_session(connection, entry)
+                held = [session.get(Customer, 1), session.get(Customer, 2)]  # noqa: F841
+            else:  # takes the snapshot under REPEATABLE READ
+                connection.execute(select(customer)).all()
+            with db.engine.begin() as other:
+                other.execute(customer.delete().where(customer.c.id == 2))
+            before = snapshot(connection, md)
+            error: Any = None
+            try:
+                merge(entry, connection, customer, 1, 2, cls=Customer, session=session)
+            except Exception as raised:
+                error = raised
+            assert isinstance(error, RowNotFoundError), f"{type(error).__name__}: {error}"
+            assert snapshot(connection, md) == before
+            still_usable(connection)
+            if session is not None:
+                session.close()
+            connection.rollback()
+        assert committed_rows(db, orders) == [(1, 1)]
