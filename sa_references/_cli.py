@@ -147,7 +147,6 @@ from . import __version__
 from ._cli_commands import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LIMIT,
-    MergeOptions,
     MergeResult,
     PairsResult,
     dependents,
@@ -171,6 +170,8 @@ from ._cli_input import (
     describe_error,
 )
 from ._cli_render import write_dependents, write_keys, write_merge
+from ._options import ON_CONFLICT, ON_SELF_REFERENCE, MergeOptions
+from ._options import merge_options as merge_options_of
 
 __all__ = [
     "EXIT_COMMITTED_OUTPUT_FAILED",
@@ -301,14 +302,14 @@ def add_merge_command(commands: Any) -> None:
     )
     parser.add_argument(
         "--on-conflict",
-        choices=("raise", "delete", "ignore"),
+        choices=ON_CONFLICT,
         default="raise",
         help="rows of a referencing table that would clash on a unique key: fail (raise, "
         "the default), delete the source's clashing rows, or leave them on the source",
     )
     parser.add_argument(
         "--on-self-reference",
-        choices=("raise", "null"),
+        choices=ON_SELF_REFERENCE,
         default="raise",
         help="when the target row references the source row: fail (default) or clear "
         "that reference",
@@ -434,12 +435,12 @@ def run_dependents(args: argparse.Namespace) -> int:
 
 
 def merge_options(args: argparse.Namespace) -> MergeOptions:
-    return MergeOptions(
+    """The library's options object, from the command line's choices."""
+    return merge_options_of(
         on_conflict=args.on_conflict,
-        delete=args.delete,
         on_self_reference=args.on_self_reference,
+        delete=args.delete,
         dry_run=args.dry_run,
-        batch_size=args.batch_size,
     )
 
 
@@ -457,6 +458,7 @@ def run_merge(args: argparse.Namespace) -> int:
             args.table,
             args.pairs,
             options,
+            batch_size=args.batch_size,
             schema=args.schema,
             confirm=ask,
             progress=progress,

@@ -9,7 +9,8 @@ work and returns a frozen dataclass; nothing is printed.  A merge asks
 
 E.g.::
 
-    from sa_references._cli_commands import MergeOptions, merge
+    from sa_references._cli_commands import merge
+    from sa_references._options import MergeOptions
 
     result = merge("sqlite:///shop.db", "customer", "3", "1",
                    MergeOptions(on_conflict="delete", delete=True))
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table
 
@@ -37,6 +38,7 @@ from ._cli_input import (
 from ._dependents import row_dependents
 from ._keys import ReferencingKey, referencing_keys
 from ._merge import merge_many, merge_rows
+from ._options import DEFAULT_OPTIONS, MergeOptions
 from ._report import BatchReport, Conflict, KeyResult
 from .exc import MergeConflictError
 
@@ -58,35 +60,22 @@ __all__ = [
 DEFAULT_LIMIT = 5
 DEFAULT_BATCH_SIZE = 1000
 
-OnConflict = Literal["raise", "delete", "ignore"]
-OnSelfReference = Literal["raise", "null"]
 Pair = tuple[Values, Values]
 R = TypeVar("R", "MergeResult", "PairsResult")
 
 
-@dataclass(frozen=True)
-class MergeOptions:
-    """How a merge runs (the options of ``sa-references merge``)."""
+def _engine_options(options: MergeOptions) -> dict[str, Any]:
+    """The library's keyword arguments for ``options`` (dry runs are asked separately)."""
+    return {
+        "on_conflict": options.on_conflict,
+        "delete": options.delete,
+        "on_self_reference": options.on_self_reference,
+    }
 
-    on_conflict: OnConflict = "raise"
-    #: delete the source row(s) afterwards
-    delete: bool = False
-    on_self_reference: OnSelfReference = "raise"
-    #: only plan: return the plan, change nothing
-    dry_run: bool = False
-    #: pairs per ``merge_many`` call (:func:`merge_pairs`)
-    batch_size: int = DEFAULT_BATCH_SIZE
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be 1 or more: {self.batch_size}")
-
-    def engine_options(self) -> dict[str, Any]:
-        return {
-            "on_conflict": self.on_conflict,
-            "delete": self.delete,
-            "on_self_reference": self.on_self_reference,
-        }
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be 1 or more: {batch_size}")
 
 
 # ---------------------------------------------------------------- results
@@ -227,7 +216,7 @@ def merge(
     table: str,
     source: Any,
     target: Any,
-    options: MergeOptions = MergeOptions(),
+    options: MergeOptions = DEFAULT_OPTIONS,
     *,
     schema: str | None = None,
     confirm: Callable[[MergeResult], bool] | None = None,
@@ -261,7 +250,7 @@ def _merge_one(
     connection: Connection, table: Table, pair: Pair, options: MergeOptions, dry_run: bool
 ) -> MergeResult:
     report = merge_rows(
-        connection, table, pair[0], pair[1], dry_run=dry_run, **options.engine_options()
+        connection, table, pair[0], pair[1], dry_run=dry_run, **_engine_options(options)
     )
     return MergeResult(table, options, dry_run, tuple(report.keys), source=pair[0], target=pair[1])
 
@@ -294,26 +283,29 @@ def merge_pairs(
     url: str,
     table: str,
     pairs: Path | Iterable[tuple[Any, Any]],
-    options: MergeOptions = MergeOptions(),
+    options: MergeOptions = DEFAULT_OPTIONS,
     *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     schema: str | None = None,
     confirm: Callable[[PairsResult], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PairsResult:
     """Merge every (source, target) pair (a CSV file with a header ``source,target``, or
-    key pairs), chains resolved, ``options.batch_size`` pairs per ``merge_many`` call, all
-    in one transaction.
+    key pairs), chains resolved, ``batch_size`` pairs per ``merge_many`` call, all in one
+    transaction.
 
     The plan (``options.dry_run``, or what ``confirm`` is shown) is the batched run
     itself, rehearsed in a transaction that is rolled back: the rows it lists as
     deleted or left are the ones the run deletes or leaves.  ``progress(done, total)``
     is called after each batch of the run.
     """
+    _check_batch_size(batch_size)
     with database(url) as engine:
         plan = None
         if options.dry_run or confirm is not None:
             with engine.connect() as connection:
-                plan = _rehearse(connection, _read(connection, table, schema, pairs, options))
+                whole = _read(connection, table, schema, pairs, options)
+                plan = _rehearse(connection, whole, batch_size)
                 connection.rollback()
             if options.dry_run:
                 return plan
@@ -323,7 +315,7 @@ def merge_pairs(
             if read is None:  # not shown: the pairs as read, refused on conflicts in one batch
                 read = _read(connection, table, schema, pairs, options)
                 read.refuse_conflicts()
-            result = _apply(connection, read.table, read.resolved, options, progress)
+            result = _apply(connection, read.table, read.resolved, options, batch_size, progress)
             _check_as_planned(plan, result)
     return replace(result, pairs=read.pairs, origin=read.origin, committed=True)
 
@@ -348,7 +340,7 @@ def _read(
     else:
         keyed = [(key_values(reflected, s), key_values(reflected, t)) for s, t in pairs]
     whole: BatchReport = merge_many(
-        connection, reflected, keyed, dry_run=True, **options.engine_options()
+        connection, reflected, keyed, dry_run=True, **_engine_options(options)
     )
     return PairsResult(
         reflected,
@@ -365,7 +357,7 @@ def _batches(pairs: Sequence[Pair], size: int) -> list[Sequence[Pair]]:
     return [pairs[start : start + size] for start in range(0, len(pairs), size)]
 
 
-def _rehearse(connection: Connection, read: PairsResult) -> PairsResult:
+def _rehearse(connection: Connection, read: PairsResult, batch_size: int) -> PairsResult:
     """The plan: each batch as the run will apply it, on what the batches before it did.
 
     Run on the caller's transaction, which the caller rolls back.  Under
@@ -375,11 +367,11 @@ def _rehearse(connection: Connection, read: PairsResult) -> PairsResult:
     """
     table, options = read.table, read.options
     totals: list[KeyResult] = []
-    for batch in _batches(read.resolved, options.batch_size):
+    for batch in _batches(read.resolved, batch_size):
         try:
-            report = merge_many(connection, table, batch, **options.engine_options())
+            report = merge_many(connection, table, batch, **_engine_options(options))
         except MergeConflictError:
-            report = merge_many(connection, table, batch, dry_run=True, **options.engine_options())
+            report = merge_many(connection, table, batch, dry_run=True, **_engine_options(options))
             merge_many(
                 connection,
                 table,
@@ -396,12 +388,13 @@ def _apply(
     table: Table,
     pairs: Sequence[Pair],
     options: MergeOptions,
+    batch_size: int,
     progress: Callable[[int, int], None] | None,
 ) -> PairsResult:
     totals: list[KeyResult] = []
     done = batches = 0
-    for batch in _batches(pairs, options.batch_size):
-        report = merge_many(connection, table, batch, **options.engine_options())
+    for batch in _batches(pairs, batch_size):
+        report = merge_many(connection, table, batch, **_engine_options(options))
         totals = add_key_results(totals, report.keys)
         done, batches = done + len(batch), batches + 1
         if progress is not None:

@@ -281,7 +281,7 @@ def merge_many(
     normalised = [(normalise(s), normalise(t)) for s, t in checked_pairs(pairs)]
     target_of = resolve_chains(normalised, lambda k: f"{table.fullname} {k!r}")
     keys = reference_graph(table.metadata).keys_for_tables([table])
-    report = BatchReport(None, None, dry_run=dry_run, pairs=list(target_of.items()))
+    report = BatchReport(pairs=list(target_of.items()), dry_run=dry_run)
 
     def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
         involved = {*target_of, *target_of.values()}

@@ -55,9 +55,40 @@ class KeyResult:
         )
 
 
+class _PerKey:
+    """What reports of one merge and of a batch share: one :class:`KeyResult` per key."""
+
+    __slots__ = ()
+    keys: list[KeyResult]
+
+    def __iter__(self) -> Iterator[KeyResult]:
+        return iter(self.keys)
+
+    def __getitem__(self, key: ReferencingKey | str) -> KeyResult:
+        for result in self.keys:
+            if result.key is key or result.key.name == key:
+                return result
+        raise KeyError(key)
+
+    @property
+    def conflicts(self) -> list[Conflict]:
+        return [c for r in self.keys for c in r.conflicts]
+
+    def _lines(self) -> list[str]:
+        return [f"  {r}" for r in self.keys if r.repointed or r.deleted or r.left]
+
+
 @dataclass(slots=True)
-class MergeReport:
-    """The result of :func:`merge_into`: one :class:`KeyResult` per referencing key.
+class MergeReport(_PerKey):
+    """The result of :func:`merge_into` or :func:`merge_rows`: one :class:`KeyResult` per
+    referencing key.
+
+    A merge queued on a :class:`ReferencesSession` has no counts until it is applied
+    (``applied`` is False); it is then applied set-based with the other merges of its
+    batch, whose totals are in :attr:`batch`.  It has counts of its own only when it
+    was alone in its batch: otherwise :attr:`rowcount`, :attr:`deleted` and
+    :attr:`left` are None and :attr:`keys` is empty (a batch's one UPDATE per key does
+    not count per merge).
 
     E.g.::
 
@@ -74,16 +105,47 @@ class MergeReport:
     #: False while a merge queued on a ReferencesSession waits for the next flush
     applied: bool = True
     #: for a queued merge, the report of the whole batch it was applied with
-    batch: MergeReport | None = field(default=None, repr=False)
+    batch: BatchReport | None = field(default=None, repr=False)
+    #: whether :attr:`keys` are this merge's own counts (see above)
+    counted: bool = True
 
-    def __iter__(self) -> Iterator[KeyResult]:
-        return iter(self.keys)
+    @property
+    def rowcount(self) -> int | None:
+        """Rows re-pointed, counted per referencing key (None: no counts of its own)."""
+        return sum(r.repointed for r in self.keys) if self.counted else None
 
-    def __getitem__(self, key: ReferencingKey | str) -> KeyResult:
-        for result in self.keys:
-            if result.key is key or result.key.name == key:
-                return result
-        raise KeyError(key)
+    @property
+    def deleted(self) -> int | None:
+        """The source's clashing rows deleted (None: no counts of its own)."""
+        return sum(r.deleted for r in self.keys) if self.counted else None
+
+    @property
+    def left(self) -> int | None:
+        """Clashing rows left on the source (None: no counts of its own)."""
+        return sum(r.left for r in self.keys) if self.counted else None
+
+    def __str__(self) -> str:
+        merge = f"{self.source!r} -> {self.target!r}"
+        if not self.applied:
+            return f"{merge}: queued, not applied yet (applied at the next flush)"
+        if not self.counted:
+            batch = self.batch
+            total = f": {batch.rowcount} row(s) re-pointed in all" if batch is not None else ""
+            size = len(batch.pairs) if batch is not None else 0
+            return f"{merge}: applied in a batch of {size} merge(s){total} (report.batch)"
+        verb = "would re-point" if self.dry_run else "re-pointed"
+        return "\n".join([f"{merge}: {verb} {self.rowcount} row(s)", *self._lines()])
+
+
+@dataclass(slots=True)
+class BatchReport(_PerKey):
+    """The result of a batch (:func:`merge_many`, a ReferencesSession's flush): per
+    referencing key, totals over every merge in it."""
+
+    #: the (source, final target) pairs applied, chains resolved
+    pairs: list[tuple[Any, Any]] = field(default_factory=list)
+    dry_run: bool = False
+    keys: list[KeyResult] = field(default_factory=list)
 
     @property
     def rowcount(self) -> int:
@@ -98,26 +160,7 @@ class MergeReport:
     def left(self) -> int:
         return sum(r.left for r in self.keys)
 
-    @property
-    def conflicts(self) -> list[Conflict]:
-        return [c for r in self.keys for c in r.conflicts]
-
     def __str__(self) -> str:
         verb = "would re-point" if self.dry_run else "re-pointed"
-        lines = [f"{self.source!r} -> {self.target!r}: {verb} {self.rowcount} row(s)"]
-        lines += [f"  {r}" for r in self.keys if r.repointed or r.deleted or r.left]
-        return "\n".join(lines)
-
-
-@dataclass(slots=True)
-class BatchReport(MergeReport):
-    """The result of a batch: per referencing key, totals over every merge in it."""
-
-    #: the (source, final target) pairs applied, chains resolved
-    pairs: list[tuple[Any, Any]] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        verb = "would re-point" if self.dry_run else "re-pointed"
-        lines = [f"batch of {len(self.pairs)} merge(s): {verb} {self.rowcount} row(s)"]
-        lines += [f"  {r}" for r in self.keys if r.repointed or r.deleted or r.left]
-        return "\n".join(lines)
+        head = f"batch of {len(self.pairs)} merge(s): {verb} {self.rowcount} row(s)"
+        return "\n".join([head, *self._lines()])

@@ -118,7 +118,7 @@ class ReferencesSession(Session):
         if not self._chains.add(source_id, id(target)):  # the same merge, queued again
             self._options[source_id] = options  # with the options asked last
             return self._reports[source_id]
-        report = MergeReport(source, target, applied=False)
+        report = MergeReport(source, target, applied=False, counted=False)
         self._reports[source_id] = report
         self._options[source_id] = options
         self._queued.append(report)
@@ -311,11 +311,16 @@ def _group_merge(
 
 
 def _report_group(group: _Group, keys: list[Any]) -> None:
-    batch = BatchReport(None, None, keys=keys, pairs=group.pairs)
+    """Fill the group's reports in: the batch's totals on the batch; a merge's own counts
+    only when it was alone in its batch (they are then the batch's)."""
+    batch = BatchReport(pairs=group.pairs, keys=keys)
+    alone = len(group.reports) == 1
     for report in group.reports:
-        report.keys = keys
         report.batch = batch
         report.applied = True
+        if alone:
+            report.keys = list(keys)
+            report.counted = True
 
 
 def _undelete(session: Session, source: object, deleted: Collection[object]) -> None:

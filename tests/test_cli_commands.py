@@ -11,7 +11,6 @@ import pytest
 from sa_references._cli_commands import (
     DependentsResult,
     KeysResult,
-    MergeOptions,
     MergeResult,
     PairsResult,
     dependents,
@@ -21,6 +20,7 @@ from sa_references._cli_commands import (
 )
 from sa_references._cli_input import CommandError, Declined
 from sa_references._cli_render import merge_json
+from sa_references._options import MergeOptions
 from sa_references.exc import MergeConflictError
 from tests import test_cli
 from tests.test_cli import Database, write_csv
@@ -77,12 +77,13 @@ def test_commands_return_results(database: Database, capsys: pytest.CaptureFixtu
 
 def test_merge_pairs_from_python(database: Database, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
-    options = MergeOptions(delete=True, batch_size=1)
+    options = MergeOptions(delete=True)
     result = merge_pairs(
         database.url,
         "cli_customer",
         [(5, 6), ("4", "2")],
         options,
+        batch_size=1,
         progress=lambda done, total: calls.append((done, total)),
     )
     assert isinstance(result, PairsResult)
