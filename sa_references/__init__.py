@@ -39,7 +39,6 @@ from .exc import (
 )
 
 __all__ = [
-    "USE_SESSION_DEFAULT",
     "BatchReport",
     "CatalogForeignKey",
     "ConcurrentMergeError",
@@ -59,6 +58,7 @@ __all__ = [
     "SelfReferenceError",
     "SessionStateError",
     "SharedColumnError",
+    "USE_SESSION_DEFAULT",
     "UnfollowedReferenceError",
     "UniqueKey",
     "UnsafeMergeError",
