@@ -39,6 +39,7 @@ from .exc import (
 )
 
 __all__ = [
+    "USE_SESSION_DEFAULT",
     "BatchReport",
     "CatalogForeignKey",
     "ConcurrentMergeError",
@@ -58,7 +59,6 @@ __all__ = [
     "SelfReferenceError",
     "SessionStateError",
     "SharedColumnError",
-    "USE_SESSION_DEFAULT",
     "UnfollowedReferenceError",
     "UniqueKey",
     "UnsafeMergeError",

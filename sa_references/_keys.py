@@ -74,6 +74,8 @@ class UniqueKey:
 
     name: str
     columns: tuple[AnyColumn, ...]
+    #: NULLs clash like any value (PostgreSQL 15 ``UNIQUE NULLS NOT DISTINCT``)
+    nulls_not_distinct: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,6 +146,12 @@ def _index_columns(index: Index) -> tuple[AnyColumn, ...] | None:
     return tuple(columns)
 
 
+def _nulls_not_distinct(item: UniqueConstraint | Index) -> bool:
+    """Declared (``postgresql_nulls_not_distinct=True``) or reflected so."""
+    options = item.dialect_options
+    return "postgresql" in options and bool(options["postgresql"].get("nulls_not_distinct"))
+
+
 def _unique_keys(table: Table) -> tuple[UniqueKey, ...]:
     keys: list[UniqueKey] = []
     if table.primary_key.columns:
@@ -164,6 +172,7 @@ def _unique_keys(table: Table) -> tuple[UniqueKey, ...]:
                     f"unique ({', '.join(c.name for c in constraint.columns)})",
                 ),
                 tuple(constraint.columns),
+                _nulls_not_distinct(constraint),
             )
         )
     for index in sorted(
@@ -174,7 +183,7 @@ def _unique_keys(table: Table) -> tuple[UniqueKey, ...]:
         if not index.unique or partial or columns is None:
             continue  # partial and expression indexes cannot be checked up front
         fallback = f"unique index ({', '.join(c.name for c in columns)})"
-        keys.append(UniqueKey(_name(index.name, fallback), columns))
+        keys.append(UniqueKey(_name(index.name, fallback), columns, _nulls_not_distinct(index)))
     return tuple(keys)
 
 

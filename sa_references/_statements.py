@@ -124,6 +124,16 @@ def count_references(key: ReferencingKey) -> Select[Any]:
     return select(func.count()).select_from(key.table).where(_from_source(key))
 
 
+def _same(unique: UniqueKey, value: ColumnElement[Any], other: Any) -> ColumnElement[bool]:
+    """Whether two values clash on ``unique``: NULLs never do, unless NULLS NOT DISTINCT."""
+    return value.is_not_distinct_from(other) if unique.nulls_not_distinct else value == other
+
+
+def _filled(unique: UniqueKey, rest: Sequence[AnyColumn]) -> list[ColumnElement[bool]]:
+    """The conditions for a row to take its values on ``unique`` (none can be NULL)."""
+    return [] if unique.nulls_not_distinct else [c.is_not(None) for c in rest]
+
+
 @cached
 def conflicting_rows(key: ReferencingKey, unique: UniqueKey) -> Select[Any]:
     """Identities of the source's rows that would clash on ``unique`` once re-pointed.
@@ -135,7 +145,8 @@ def conflicting_rows(key: ReferencingKey, unique: UniqueKey) -> Select[Any]:
     other = table.alias("other")
     new_value = dict(zip(key.columns, _named(key.columns, "tgt")))
     criteria: list[ColumnElement[bool]] = [
-        other.c[column.key] == new_value.get(column, column) for column in unique.columns
+        _same(unique, other.c[column.key], new_value.get(column, column))
+        for column in unique.columns
     ]
     if not set(key.columns) <= set(unique.columns):
         sources = _named(key.columns, "src")
@@ -328,7 +339,7 @@ def batch_conflicts(key: ReferencingKey, mapping: Any) -> Select[Any]:
     for n, unique in enumerate(key.unique_keys):
         other = table.alias(f"other_{n}")
         rest = [c for c in unique.columns if c not in new_value]
-        existing = [other.c[c.key] == new_value.get(c, c) for c in unique.columns]
+        existing = [_same(unique, other.c[c.key], new_value.get(c, c)) for c in unique.columns]
         if not set(key.columns) <= set(unique.columns):
             existing.append(
                 or_(
@@ -346,7 +357,7 @@ def batch_conflicts(key: ReferencingKey, mapping: Any) -> Select[Any]:
         }
         columns += [
             case((exists().where(*existing), 1), else_=0).label(f"clash_{n}"),
-            case((and_(true(), *(c.is_not(None) for c in rest)), 1), else_=0).label(f"filled_{n}"),
+            case((and_(true(), *_filled(unique, rest)), 1), else_=0).label(f"filled_{n}"),
             func.count().over(**window).label(f"size_{n}"),
             *(
                 func.first_value(c).over(**window).label(f"first_{n}_{j}")
