@@ -12,6 +12,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, attributes
 
 from . import _statements as sql
+from ._backend import backend_of
 from ._keys import AnyColumn, ReferencingKey, reference_graph
 from ._locks import lock_objects, lock_rows
 from ._objects import (
@@ -234,6 +235,17 @@ def _in_key_order(keyed: list[tuple[str, Values]]) -> list[tuple[str, Values]]:
         return sorted(keyed, key=lambda item: repr(item[1]))
 
 
+def _stored_keys(connection: Connection, table: Table, keys: set[Values]) -> dict[Values, Values]:
+    """The stored primary key of each of ``keys`` that matches a row only under the
+    collation, read (and locked) one at a time: the database does the matching."""
+    stored = {}
+    for key in sorted(keys, key=repr):
+        row = fetch_row(connection, table, key, "key", lock=True, missing_ok=True)
+        if row is not None:
+            stored[key] = tuple(row[c] for c in table.primary_key.columns)
+    return stored
+
+
 def _refuse_same_row(table: Table, source: Values, target: Values) -> None:
     if source == target:
         raise ReferencesError(f"cannot merge row {source!r} of {table.fullname} into itself")
@@ -284,8 +296,21 @@ def merge_many(
     report = BatchReport(pairs=list(target_of.items()), dry_run=dry_run)
 
     def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
+        nonlocal target_of
         involved = {*target_of, *target_of.values()}
         missing = lock_rows(connection, table, list(involved))
+        if missing and backend_of(connection).inexact_string_comparison:
+            # keys the database finds equal to a row's under its collation ('ada' for
+            # 'ADA'), as merge_rows accepts them: the pairs as the rows are stored
+            stored = _stored_keys(connection, table, missing)
+            if stored:
+                target_of = resolve_chains(
+                    [(stored.get(s, s), stored.get(t, t)) for s, t in target_of.items()],
+                    lambda k: f"{table.fullname} {k!r}",
+                )
+                report.pairs = list(target_of.items())
+                involved = {*target_of, *target_of.values()}
+                missing -= set(stored)
         values_of = referred_values_of_keys(connection, table, keys, involved, missing)
         return list(target_of.items()), values_of
 

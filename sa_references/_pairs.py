@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy import Connection, Select, Table, func, select
 from sqlalchemy.exc import ArgumentError
@@ -156,15 +156,36 @@ def _checked_key_value(
     return converted
 
 
+@overload
 def fetch_row(
-    bind: Bind, table: Table, key: Values, role: str, *, lock: bool = False
-) -> Mapping[AnyColumn, Any]:
-    """The row keyed ``key``; ``lock``: by a locking read where the backend locks rows."""
+    bind: Bind, table: Table, key: Values, role: str, *, lock: bool = ...
+) -> Mapping[AnyColumn, Any]: ...
+
+
+@overload
+def fetch_row(
+    bind: Bind, table: Table, key: Values, role: str, *, lock: bool = ..., missing_ok: bool
+) -> Mapping[AnyColumn, Any] | None: ...
+
+
+def fetch_row(
+    bind: Bind,
+    table: Table,
+    key: Values,
+    role: str,
+    *,
+    lock: bool = False,
+    missing_ok: bool = False,
+) -> Mapping[AnyColumn, Any] | None:
+    """The row keyed ``key``; ``lock``: by a locking read where the backend locks rows;
+    ``missing_ok``: None when there is none (else RowNotFoundError)."""
     pk = list(table.primary_key.columns)
     statement = select(table).where(sql.matches(pk, key))
     if lock and isinstance(bind, Connection) and backend_of(bind).row_locks:
         statement = statement.with_for_update()
     row = bind.execute(statement).first()
+    if row is None and missing_ok:
+        return None
     if row is None:
         raise RowNotFoundError(f"{role} row {key!r} not found in {table.fullname}")
     return {column: row._mapping[column] for column in table.columns}
