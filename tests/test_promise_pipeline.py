@@ -81,19 +81,9 @@ def shop_rows(customer: Table, orders: Table) -> dict[Table, list[dict[str, Any]
 
 # -- multi-bind -------------------------------------------------------------------------------
 
-MULTI_BIND_BUGS = {
-    "merge_rows": "#pipeline: SAVEPOINT/RELEASE sent to the default bind",
-    "merge_many": "#pipeline: mapping table created on the default bind",
-}
-
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_every_statement_goes_to_the_tables_bind(
-    db: Backend, request: pytest.FixtureRequest, entry: str
-) -> None:
-    reason = MULTI_BIND_BUGS.get(entry)
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+def test_every_statement_goes_to_the_tables_bind(db: Backend, entry: str) -> None:
     md, customer, orders = shop("prp1")
     default = create_engine("sqlite://")
     sent: list[str] = []
@@ -169,7 +159,6 @@ def test_queued_report_says_it_is_not_applied_yet(db: Backend) -> None:
 # -- a dry run on a ReferencesSession ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="#pipeline: a dry run applies the queued merges")
 @pytest.mark.parametrize("pair", ["unrelated", "chained"])
 def test_dry_run_keeps_the_queue(db: Backend, pair: str) -> None:
     md, customer, orders = shop("prp4")

@@ -42,10 +42,6 @@ def shop() -> tuple[MetaData, Any, Any]:
     return Base.metadata, Customer, Order
 
 
-ROLLBACK = "#new: objects synchronized by a merge stay merged after its SAVEPOINT rollback"
-
-
-@pytest.mark.xfail(strict=True, reason=ROLLBACK)
 @pytest.mark.parametrize("session_class", [Session, ReferencesSession], ids=["plain", "queued"])
 def test_loaded_objects_follow_a_rolled_back_merge(
     db: Backend, session_class: type[Session]

@@ -83,7 +83,6 @@ def references_session(connection: Any) -> ReferencesSession:
 # -- #13.2: a failed batch ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="#13.2: a second commit deletes dupe without its merge")
 def test_failed_batch_never_runs_half(db: Backend) -> None:
     s = shop()
     with built(db, s.metadata) as connection:
@@ -116,7 +115,6 @@ def test_failed_batch_never_runs_half(db: Backend) -> None:
 # -- #13.18: the keeper deleted while its merge is queued ---------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="#13.18: keeper's deletion flushed before the refusal")
 def test_keeper_deleted_while_queued_is_refused_before_any_write(db: Backend) -> None:
     s = shop()
     with built(db, s.metadata) as connection:
@@ -149,7 +147,6 @@ OPTION_CASES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="#13.19: the later options are silently ignored")
 @pytest.mark.parametrize("option", list(OPTION_CASES))
 def test_same_pair_with_other_options_is_not_silently_ignored(db: Backend, option: str) -> None:
     first, second = OPTION_CASES[option]

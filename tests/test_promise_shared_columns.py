@@ -28,7 +28,6 @@ from tests.promise_schemas import (
     ENTRY_POINTS,
     built,
     mapped,
-    mark_bugs,
     merge,
     rows,
     seed,
@@ -111,18 +110,11 @@ def seed_tenants(connection: Any, customer: Table, product: Table, orders: Table
     )
 
 
-SHARED_BUGS = {
-    ("*", "two_keys"): "#13.1: a re-pointed column shared with another key is rewritten",
-    ("*", "primary_key"): "#13.1: a re-pointed column shared with the primary key is rewritten",
-}
-
-
 @pytest.mark.parametrize("shape", ["two_keys", "primary_key"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_shared_column_with_different_values_is_refused(
-    db: Backend, request: pytest.FixtureRequest, entry: str, shape: str
+    db: Backend, entry: str, shape: str
 ) -> None:
-    mark_bugs(request, db, SHARED_BUGS, shape)
     md, customer, product, orders = tenant_schema(shape)
     with built(db, md) as connection:
         seed_tenants(connection, customer, product, orders)
@@ -221,19 +213,15 @@ def attempt_line_merge(db: Backend, entry: str, shape: str, on_update: str | Non
         return "merged"
 
 
-def line_bug(backend: str, entry: str, shape: str, on_update: str | None) -> str | None:
+def line_bug(backend: str, shape: str, on_update: str | None) -> str | None:
     """Where the merge fails today (a strict xfail), from the runs of this test."""
+    if shape != "via_order":
+        return None
     if backend == "sqlite-nofk":
-        if shape == "via_order":
-            return "#13.14: composite key to orders not followed: lines left dangling"
-        return None
-    if shape == "via_order":
-        if on_update is None:
-            return "#13.14: raw IntegrityError: composite key to orders not followed"
-        return None
-    if backend == "postgresql" and entry in ("merge_into", "merge_rows"):
-        return None  # one statement of CTEs: checked at its end
-    return "#13.14: raw IntegrityError: keys applied in name order, not dependency order"
+        return "#13.14: composite key to orders not followed: lines left dangling"
+    if on_update is None:
+        return "#13.14: raw IntegrityError: composite key to orders not followed"
+    return None
 
 
 def mark_line_bug(request: pytest.FixtureRequest, reason: str | None) -> None:
@@ -247,7 +235,7 @@ def mark_line_bug(request: pytest.FixtureRequest, reason: str | None) -> None:
 def test_composite_key_including_the_merged_column(
     db: Backend, request: pytest.FixtureRequest, entry: str, shape: str, on_update: str | None
 ) -> None:
-    mark_line_bug(request, line_bug(db.name, entry, shape, on_update))
+    mark_line_bug(request, line_bug(db.name, shape, on_update))
     assert attempt_line_merge(db, entry, shape, on_update) in ("merged", "refused")
 
 
@@ -256,8 +244,7 @@ def test_composite_key_including_the_merged_column(
 def test_composite_key_including_the_merged_column_same_everywhere(
     db: Backend, request: pytest.FixtureRequest, shape: str, on_update: str | None
 ) -> None:
-    reasons = {line_bug(db.name, e, shape, on_update) for e in ENTRY_POINTS} - {None}
-    mark_line_bug(request, min(reasons) if reasons else None)
+    mark_line_bug(request, line_bug(db.name, shape, on_update))
     outcomes = {}
     for entry in ENTRY_POINTS:
         try:

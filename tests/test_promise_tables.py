@@ -82,22 +82,9 @@ def seed_events(connection: Connection, customer: Table, event_: Table) -> None:
     )
 
 
-def json_bug(backend: str, on_conflict: str) -> str | None:
-    if backend == "postgresql":
-        return "#13.11: could not identify an ordering operator for type json"
-    if on_conflict in ("delete", "ignore"):
-        return "#13.11: TypeError: unhashable type: 'dict'"
-    return None
-
-
 @pytest.mark.parametrize("on_conflict", ["raise", "delete", "ignore"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_json_table_without_primary_key(
-    db: Backend, request: pytest.FixtureRequest, entry: str, on_conflict: str
-) -> None:
-    reason = json_bug(db.name, on_conflict)
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+def test_json_table_without_primary_key(db: Backend, entry: str, on_conflict: str) -> None:
     md, customer, event_ = events_schema()
     with built(db, md) as connection:
         seed_events(connection, customer, event_)
@@ -121,13 +108,7 @@ def test_json_table_without_primary_key(
 
 
 @pytest.mark.parametrize("how", ["row_dependents", "dependents"])
-def test_json_table_without_primary_key_dependents(
-    db: Backend, request: pytest.FixtureRequest, how: str
-) -> None:
-    if db.name == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="#13.11: no ordering operator for type json")
-        )
+def test_json_table_without_primary_key_dependents(db: Backend, how: str) -> None:
     md, customer, event_ = events_schema()
     with built(db, md) as connection:
         seed_events(connection, customer, event_)
@@ -158,22 +139,11 @@ def tagging_schema() -> tuple[MetaData, Table, Table]:
     return md, customer, tagging
 
 
-NULL_ROW_BUGS = {
-    ("*", "merge_into", "delete"): "#13.12: clashing row with a NULL neither deleted nor kept",
-    ("*", "merge_rows", "delete"): "#13.12: clashing row with a NULL neither deleted nor kept",
-    ("*", "merge_many", "delete"): "#13.12: clashing row with a NULL neither deleted nor kept",
-    ("*", "session", "delete"): "#13.12: clashing row with a NULL neither deleted nor kept",
-    ("*", "merge_many", "ignore"): "#13.12: NOT NULL on the batch's kept-rows table",
-    ("*", "session", "ignore"): "#13.12: NOT NULL on the batch's kept-rows table",
-}
-
-
 @pytest.mark.parametrize("on_conflict", ["delete", "ignore"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_null_in_clashing_row_without_primary_key(
-    db: Backend, request: pytest.FixtureRequest, entry: str, on_conflict: str
+    db: Backend, entry: str, on_conflict: str
 ) -> None:
-    mark_bugs(request, db, NULL_ROW_BUGS, entry, on_conflict)
     md, customer, tagging = tagging_schema()
     with built(db, md) as connection:
         seed(
@@ -247,27 +217,9 @@ def translated_engine(db: Backend, tmp_path: Any) -> Iterator[Any]:
         engine.dispose()
 
 
-def translate_bug(backend: str, entry: str, on_conflict: str) -> str | None:
-    if entry not in ("merge_many", "session"):
-        return None
-    if backend == "postgresql" and on_conflict != "ignore":
-        return None  # the pairs travel as arrays: no temporary table, unless rows are kept
-    return {
-        "postgresql": "#13.13: cannot create temporary relation in non-temporary schema",
-        "mariadb": "#13.13: the mapping table doesn't exist",
-        "sqlite": "#13.13: temporary table name must be unqualified",
-        "sqlite-nofk": "#13.13: temporary table name must be unqualified",
-    }.get(backend)
-
-
 @pytest.mark.parametrize("on_conflict", ["raise", "delete", "ignore"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_schema_translate_map(
-    db: Backend, request: pytest.FixtureRequest, tmp_path: Any, entry: str, on_conflict: str
-) -> None:
-    reason = translate_bug(db.name, entry, on_conflict)
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+def test_schema_translate_map(db: Backend, tmp_path: Any, entry: str, on_conflict: str) -> None:
     md = MetaData()
     customer = customer_table(md, "pr13_customer")
     orders = Table(

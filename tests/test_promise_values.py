@@ -38,15 +38,8 @@ def seed_numbered(connection: object, customer: Table, orders: Table, n: int) ->
     )
 
 
-NUMPY_BUG = ("sqlite", "sqlite-nofk")
-
-
 @pytest.mark.parametrize("dtype", ["int64", "int32"])
-def test_merge_rows_numpy_keys(db: Backend, request: pytest.FixtureRequest, dtype: str) -> None:
-    if db.name in NUMPY_BUG:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="#13.20: numpy keys reported not found")
-        )
+def test_merge_rows_numpy_keys(db: Backend, dtype: str) -> None:
     md, customer, orders = numbered(1)
     with built(db, md) as connection:
         seed_numbered(connection, customer, orders, 1)
@@ -56,11 +49,7 @@ def test_merge_rows_numpy_keys(db: Backend, request: pytest.FixtureRequest, dtyp
         assert rows(connection, orders) == [(1, 2)]
 
 
-def test_row_dependents_numpy_key(db: Backend, request: pytest.FixtureRequest) -> None:
-    if db.name in NUMPY_BUG:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="#13.20: numpy key reported not found")
-        )
+def test_row_dependents_numpy_key(db: Backend) -> None:
     md, customer, orders = numbered(1)
     with built(db, md) as connection:
         seed_numbered(connection, customer, orders, 1)
@@ -70,10 +59,7 @@ def test_row_dependents_numpy_key(db: Backend, request: pytest.FixtureRequest) -
 
 
 @pytest.mark.parametrize("n", [3, 600])
-def test_merge_many_numpy_keys(db: Backend, request: pytest.FixtureRequest, n: int) -> None:
-    if db.name in NUMPY_BUG:
-        reason = "datatype mismatch over 500 pairs" if n > 500 else "numpy keys reported not found"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"#13.20: {reason}"))
+def test_merge_many_numpy_keys(db: Backend, n: int) -> None:
     md, customer, orders = numbered(n)
     with built(db, md) as connection:
         seed_numbered(connection, customer, orders, n)
