@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import Session, attributes
+from sqlalchemy.orm import Mapper, Session, attributes
 
 from . import _statements as sql
 from ._backend import backend_of
@@ -137,6 +137,8 @@ def merge_objects(
         options,
         lock_and_read,
         mapper=source_mapper,
+        tables=_tables_of(source_mapper),
+        deletes=options.delete,
         holder_of=holder_of,
         names=lambda: (describe(source_state), describe(target_state)),
         synchronize=lambda backend, moves: synchronize(
@@ -221,7 +223,16 @@ def merge_rows(
         return f"{table.fullname} {report.source!r}", f"{table.fullname} {report.target!r}"
 
     keys = reference_graph(table.metadata).keys_for_tables([table])
-    merge = Merge(keys, options, lock_and_read, table=table, holder_of=holder_of, names=names)
+    merge = Merge(
+        keys,
+        options,
+        lock_and_read,
+        table=table,
+        tables=[table],
+        deletes=delete,
+        holder_of=holder_of,
+        names=names,
+    )
     finish = _row_deleter(table, lambda: [report.source]) if delete else None
     (report.keys,) = run(bind, [merge], finish=finish)
     return report
@@ -244,6 +255,11 @@ def _stored_keys(connection: Connection, table: Table, keys: set[Values]) -> dic
         if row is not None:
             stored[key] = tuple(row[c] for c in table.primary_key.columns)
     return stored
+
+
+def _tables_of(mapper: Mapper[Any]) -> list[Table]:
+    """The tables a mapper's rows live in (its own and, joined, its ancestors')."""
+    return [t for t in mapper.tables if isinstance(t, Table)]
 
 
 def _refuse_same_row(table: Table, source: Values, target: Values) -> None:
@@ -314,7 +330,7 @@ def merge_many(
         values_of = referred_values_of_keys(connection, table, keys, involved, missing)
         return list(target_of.items()), values_of
 
-    merge = Merge(keys, options, lock_and_read, table=table)
+    merge = Merge(keys, options, lock_and_read, table=table, tables=[table], deletes=delete)
     finish = _row_deleter(table, lambda: target_of) if delete and target_of else None
     (report.keys,) = run(bind, [merge], finish=finish)
     return report

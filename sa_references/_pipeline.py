@@ -23,6 +23,7 @@ from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_state
 
 from ._backend import Backend, backend_of
+from ._catalog import check_references
 from ._engine import HolderOf, Names, run_keys
 from ._keys import AnyColumn, ReferencingKey
 from ._options import MergeOptions
@@ -52,6 +53,10 @@ class Merge:
     #: for a single merge whose rows are known: the target's own row referencing the source
     holder_of: HolderOf | None = None
     names: Names | None = None
+    #: the merged rows' tables, and whether sources are deleted afterwards: the database
+    #: must then hold no foreign key to them that the merge does not follow
+    tables: Sequence[Table] = ()
+    deletes: bool = False
     #: brings loaded objects in step with the keys' moves (the ORM entry points)
     synchronize: Callable[[Backend, list[KeyMoves]], SyncResult] | None = None
 
@@ -83,6 +88,11 @@ def run(
             bind, rollback=dry_run, mapper=first.mapper, table=first.table, orm=orm
         ) as connection:
             for merge in merges:
+                if merge.deletes:
+                    # a source deleted with references the merge left would lose them:
+                    # ON DELETE CASCADE takes them along, NO ACTION fails, no FK orphans
+                    for table in merge.tables:
+                        check_references(connection, table)
                 pairs, values_of = merge.lock_and_read(connection)
                 key_pairs = pairs_by_key(connection, merge.keys, pairs, values_of)
                 options = merge.options

@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Table, event
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
 
@@ -287,11 +287,14 @@ def _group_merge(
         return pairs, values_as_locked(objects, read, identity_values_reader())
 
     mode = options.synchronize_session
+    deleted = {id(obj) for obj in deleting}
     return Merge(
         keys,
         options,
         lock_and_read,
         mapper=mapper,
+        tables=[t for t in mapper.tables if isinstance(t, Table)],
+        deletes=any(id(source) in deleted for source, _ in pairs),
         synchronize=(
             (
                 lambda backend, moves: synchronize(
