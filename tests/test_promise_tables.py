@@ -295,10 +295,6 @@ def nulls_not_distinct(db: Backend, reflected: bool) -> Iterator[tuple[Connectio
         yield connection, md
 
 
-NND = pytest.mark.xfail(strict=True, reason="#13.15: NULLS NOT DISTINCT clash not detected")
-
-
-@NND
 @pytest.mark.backends("postgresql")
 @pytest.mark.parametrize("reflected", [False, True], ids=["declared", "reflected"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
@@ -316,7 +312,6 @@ def test_nulls_not_distinct_clash_raises(db: Backend, entry: str, reflected: boo
         still_usable(connection)
 
 
-@NND
 @pytest.mark.backends("postgresql")
 @pytest.mark.parametrize("on_conflict", ["delete", "ignore"])
 @pytest.mark.parametrize("reflected", [False, True], ids=["declared", "reflected"])

@@ -86,18 +86,11 @@ def coded() -> tuple[MetaData, Table, Table]:
     return md, customer, orders
 
 
-COLLATION_BUG = "#13.21: merge_many refuses a key merge_rows accepts under the collation"
-
-
 @pytest.mark.parametrize("given", ["ada", "ADA "])
 @pytest.mark.parametrize("entry", ["merge_rows", "merge_many"])
-def test_key_equal_under_the_collation(
-    db: Backend, request: pytest.FixtureRequest, entry: str, given: str
-) -> None:
+def test_key_equal_under_the_collation(db: Backend, entry: str, given: str) -> None:
     """On MariaDB ``'ada'`` and ``'ADA '`` are the stored ``'ADA'`` (a case-insensitive, PAD
     SPACE collation): both entry points accept them.  Elsewhere neither does."""
-    if db.name == "mariadb" and entry == "merge_many":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=COLLATION_BUG))
     md, customer, orders = coded()
     with built(db, md) as connection:
         seed(
