@@ -17,6 +17,7 @@ from ._keys import AnyColumn, ReferencingKey, reference_graph
 from ._locks import lock_objects, lock_rows
 from ._objects import (
     describe,
+    expire_holders,
     graph_of,
     referred_columns_to_read,
     referred_values,
@@ -120,11 +121,12 @@ def merge_objects(
     held_by_target = set(graph.keys_held_by(target_state.mapper))
 
     keys = graph.keys_for_mapper(source_mapper)
+    changed: dict[AnyColumn, set[Any]] = {}
 
     def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
         objects = [source, target]
         read = lock_objects(connection, objects, referred_columns_to_read(keys))
-        return [(source, target)], values_as_locked(objects, read, referred_values)
+        return [(source, target)], values_as_locked(objects, read, referred_values, changed)
 
     def holder_of(key: ReferencingKey, source_values: Values, _: Values) -> Values | None:
         if key in held_by_target and referred_values(target, key.columns) == source_values:
@@ -161,6 +163,8 @@ def merge_objects(
     orm = options.delete or options.dry_run
     finish = delete_source if options.delete else None
     (results,) = run(session, [merge], orm=orm, session=session, finish=finish)
+    if changed:
+        expire_holders(session, graph, keys, changed)
     return MergeReport(source, target, dry_run=options.dry_run, keys=results)
 
 

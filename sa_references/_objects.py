@@ -13,6 +13,7 @@ from sqlalchemy.orm.exc import UnmappedClassError, UnmappedColumnError
 
 from ._compat import pending_deletions
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey, reference_graph
+from ._loaded import loaded_states
 from .exc import ReferencesError
 
 Values = tuple[Any, ...]
@@ -167,14 +168,17 @@ def values_as_locked(
     objects: Sequence[object],
     read: dict[int, dict[AnyColumn, Any]],
     otherwise: Callable[[object, tuple[AnyColumn, ...]], Values],
+    changed: dict[AnyColumn, set[Any]] | None = None,
 ) -> Callable[[object, tuple[AnyColumn, ...]], Values]:
     """How to read an object's referred values: from its row as locked (``read``, by
     ``id(obj)``) where it was read there, else with ``otherwise``.  Loaded attributes
-    that differ from the locked row (changed by another transaction) are set to it."""
+    that differ from the locked row (changed by another transaction) are set to it,
+    and their old values are added to ``changed`` (by column): loaded rows that still
+    reference them are stale (:func:`expire_holders`)."""
     for obj in objects:
         row = read.get(id(obj))
         if row:
-            _in_step_with(obj, row)
+            _in_step_with(obj, row, changed if changed is not None else {})
 
     def values_of(obj: object, columns: tuple[AnyColumn, ...]) -> Values:
         row = read.get(id(obj))
@@ -185,7 +189,9 @@ def values_as_locked(
     return values_of
 
 
-def _in_step_with(obj: object, row: dict[AnyColumn, Any]) -> None:
+def _in_step_with(
+    obj: object, row: dict[AnyColumn, Any], changed: dict[AnyColumn, set[Any]]
+) -> None:
     state = attributes.instance_state(obj)
     mapper = state.mapper
     for column, value in row.items():
@@ -193,5 +199,32 @@ def _in_step_with(obj: object, row: dict[AnyColumn, Any]) -> None:
             name = mapper.get_property_by_column(column).key
         except UnmappedColumnError:
             continue
-        if name in state.dict and state.dict[name] != value and name not in state.committed_state:
+        old = state.dict.get(name, value)
+        if old != value and name not in state.committed_state:
             attributes.set_committed_value(obj, name, value)
+            changed.setdefault(column, set()).add(old)
+
+
+def expire_holders(
+    session: Session,
+    graph: ReferenceGraph,
+    keys: Sequence[ReferencingKey],
+    changed: dict[AnyColumn, set[Any]],
+) -> None:
+    """Expire the loaded rows whose key still holds a referred value another transaction
+    changed (an ON UPDATE rule moved them in the database: CASCADE, SET NULL...)."""
+    for key in keys:
+        positions = [i for i, c in enumerate(key.referred_columns) if c in changed]
+        if not positions:
+            continue
+        classes = [m.class_ for m in graph.mappers_by_table.get(key.table, ())]
+        for state in loaded_states(session, classes):
+            for position in positions:
+                try:
+                    name = state.mapper.get_property_by_column(key.columns[position]).key
+                except UnmappedColumnError:
+                    continue
+                stale = changed[key.referred_columns[position]]
+                if name in state.dict and state.dict[name] in stale:
+                    session.expire(state.obj())
+                    break

@@ -285,18 +285,18 @@ def _row_queries(
     connection: Connection, table: Table, keys: set[Values], columns: Sequence[AnyColumn]
 ) -> list[tuple[Select[Any], dict[str, Any] | None]]:
     """The SELECTs of :func:`_select_rows`: one over a JSON array on SQLite 3.38+ (many
-    integer keys), else one per chunk of keys."""
+    integer keys), else one per chunk of keys.  Locking reads where the backend locks
+    rows: the rows as locked (the latest committed values), not a REPEATABLE READ
+    snapshot older than the locks."""
     pk = list(table.primary_key.columns)
-    if (
-        len(keys) > sql.IN_CHUNK
-        and backend_of(connection).json_key_lists
-        and sql.json_keys_fit(table)
-    ):
+    backend = backend_of(connection)
+    if len(keys) > sql.IN_CHUNK and backend.json_key_lists and sql.json_keys_fit(table):
         return [sql.rows_by_json_keys(table, columns, keys)]
-    return [
-        (select(*pk, *columns).where(sql.identity_in(pk, chunk)), None)
-        for chunk in sql.chunks(sorted(keys, key=repr))
-    ]
+    queries: list[tuple[Select[Any], dict[str, Any] | None]] = []
+    for chunk in sql.chunks(sorted(keys, key=repr)):
+        query = select(*pk, *columns).where(sql.identity_in(pk, chunk))
+        queries.append((query.with_for_update() if backend.row_locks else query, None))
+    return queries
 
 
 def _refuse_missing(table: Table, missing: set[Values]) -> None:

@@ -11,10 +11,12 @@ from sqlalchemy import Connection, Table, event
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
 
+from ._keys import AnyColumn
 from ._locks import lock_objects
 from ._merge import merge_objects
 from ._objects import (
     describe,
+    expire_holders,
     graph_of,
     identity_values_reader,
     marked_for_deletion,
@@ -284,7 +286,11 @@ def _group_merge(
     def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
         objects = [obj for pair in pairs for obj in pair]
         read = lock_objects(connection, objects, referred_columns_to_read(keys))
-        return pairs, values_as_locked(objects, read, identity_values_reader())
+        changed: dict[AnyColumn, set[Any]] = {}
+        values_of = values_as_locked(objects, read, identity_values_reader(), changed)
+        if changed and sync:
+            expire_holders(session, graph, keys, changed)
+        return pairs, values_of
 
     mode = options.synchronize_session
     deleted = {id(obj) for obj in deleting}

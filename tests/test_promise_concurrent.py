@@ -56,21 +56,8 @@ def coupons() -> tuple[MetaData, Table, Table]:
     return md, customer, coupon
 
 
-def rename_bug(backend: str, entry: str) -> str | None:
-    if entry in ORM_ENTRY_POINTS:
-        return "#13.3: the loaded (stale) referred value is used: coupon cascaded away"
-    if backend == "mariadb" and entry == "merge_many":
-        return "#13.3: the referred value is read from the snapshot: coupon cascaded away"
-    return None
-
-
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_referred_value_renamed_meanwhile(
-    db: Backend, request: pytest.FixtureRequest, entry: str
-) -> None:
-    reason = rename_bug(db.name, entry)
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+def test_referred_value_renamed_meanwhile(db: Backend, entry: str) -> None:
     md, customer, coupon = coupons()
     data = {
         customer: [{"id": 1, "code": "OLD"}, {"id": 2, "code": "KEEP"}],
