@@ -118,6 +118,14 @@ class Backend:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def can(self) -> Any:
+        """What the backend can do (sa_references' own description of it): tests that
+        depend on a capability ask for it, not for a backend's name."""
+        from sa_references._backend import backend_of
+
+        return backend_of(self.engine.dialect)
+
     def make_engine(self, **kw: Any) -> Engine:
         """A new engine to the same database (for tests that need their own)."""
         if self.dialect == "sqlite":
