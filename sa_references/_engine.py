@@ -32,7 +32,8 @@ from ._backend import Backend, backend_of
 from ._compat import add_note
 from ._keys import ReferencingKey
 from ._mapping import TemporaryTables
-from ._report import Conflict, KeyResult, clashing_rows
+from ._ondelete import consequences
+from ._report import Cascade, Conflict, KeyResult, clashing_rows
 from ._sync import KeyMoves
 from .exc import MergeConflictError, SelfReferenceError, SharedColumnError
 
@@ -465,6 +466,10 @@ def _apply_key(
     moves.nulled.update(plan.self_references)
     clashing = plan.conflicting_rows
     if clashing and on_conflict == "delete":
+        # what the database's ON DELETE rules will do, read (or refused) before it does
+        effects = consequences(connection, key.table, key.identity, clashing)
+        result.cascaded = [Cascade(e.table, e.action, e.count) for e in effects]
+        moves.cascaded = effects
         result.deleted = sum(
             rowcount(connection, statement, key, "deleting conflicting rows of")
             for statement in sql.delete_identities(key, clashing)

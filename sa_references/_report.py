@@ -35,6 +35,27 @@ def clashing_rows(conflicts: Sequence[Conflict]) -> list[Values]:
     return list(seen)
 
 
+@dataclass(frozen=True)
+class Cascade:
+    """Rows of a table that the database's ON DELETE rules delete or clear because the
+    merge deleted rows they reference (``on_conflict="delete"``)."""
+
+    #: the table's full name
+    table: str
+    #: ``"delete"`` (CASCADE), ``"set null"`` or ``"set default"``
+    action: str
+    count: int
+
+
+def total_cascades(cascades: Sequence[Cascade]) -> tuple[Cascade, ...]:
+    """One entry per table and action, counts added, in the order first seen."""
+    totals: dict[tuple[str, str], int] = {}
+    for cascade in cascades:
+        slot = (cascade.table, cascade.action)
+        totals[slot] = totals.get(slot, 0) + cascade.count
+    return tuple(Cascade(table, action, count) for (table, action), count in totals.items())
+
+
 @dataclass
 class KeyResult:
     """The outcome of one referencing key."""
@@ -47,12 +68,13 @@ class KeyResult:
     #: rows left pointing at the source (``on_conflict="ignore"``)
     left: int = 0
     conflicts: list[Conflict] = field(default_factory=list)
+    #: what ON DELETE rules deleted or cleared beyond the ``deleted`` rows
+    cascaded: list[Cascade] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (
-            f"{self.key.name}: {self.repointed} re-pointed, "
-            f"{self.deleted} deleted, {self.left} left"
-        )
+        text = f"{self.key.name}: {self.repointed} re-pointed, {self.deleted} deleted"
+        text += "".join(f", {c.count} of {c.table} {c.action}d" for c in self.cascaded)
+        return f"{text}, {self.left} left"
 
 
 class _PerKey:
@@ -73,6 +95,12 @@ class _PerKey:
     @property
     def conflicts(self) -> list[Conflict]:
         return [c for r in self.keys for c in r.conflicts]
+
+    @property
+    def cascaded(self) -> tuple[Cascade, ...]:
+        """What the database's ON DELETE rules deleted or cleared beyond the deleted
+        clashing rows, one entry per table and action (empty when no rule applied)."""
+        return total_cascades([c for r in self.keys for c in r.cascaded])
 
     def _lines(self) -> list[str]:
         return [f"  {r}" for r in self.keys if r.repointed or r.deleted or r.left]

@@ -78,6 +78,9 @@ class KeyMoves:
     nulled: set[Values] = field(default_factory=set)
     #: identity before the update -> new values of every moved row, when they were fetched
     moved: dict[Values, Values] | None = None
+    #: what ON DELETE rules deleted or cleared below the rows deleted as conflicts
+    #: (:class:`._ondelete.Effect`)
+    cascaded: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -1055,4 +1058,34 @@ def synchronize(
     strategy = STRATEGIES.get(mode)
     if strategy is None:  # False: memory is left alone
         return SyncResult()
-    return strategy(session, graph, pairs, key_moves, deleting, inexact_string_comparison).run()
+    key_moves = list(key_moves)
+    run = strategy(session, graph, pairs, key_moves, deleting, inexact_string_comparison)
+    result = run.run()
+    follow_cascades(session, graph, key_moves, result)
+    return result
+
+
+def follow_cascades(
+    session: Session, graph: ReferenceGraph, key_moves: Sequence[KeyMoves], result: SyncResult
+) -> None:
+    """Loaded rows that an ON DELETE rule deleted leave the session (``result.removed``:
+    the caller expunges them); those it cleared are expired.  Where there were too many to
+    read their identities, every loaded row of the table is expired."""
+    for km in key_moves:
+        for effect in km.cascaded:
+            key = effect.key
+            classes = identity_classes(graph.mappers_by_table.get(key.table, ()))
+            if not classes:
+                continue
+            known = None if effect.identities is None else set(effect.identities)
+            for state in loaded_states(session, classes):
+                obj = state.obj()
+                if obj is None:
+                    continue
+                if known is not None and row_values(state, key.identity) not in known:
+                    continue
+                if effect.action == "delete" and known is not None:
+                    result.removed.append(obj)
+                else:
+                    session.expire(obj)
+                    result.touched.append(obj)

@@ -114,7 +114,6 @@ def enforced(db: Backend) -> Backend:
     return db
 
 
-@pytest.mark.xfail(strict=True, reason="#13.4: the plan does not name what ON DELETE removes")
 @pytest.mark.parametrize("on_delete", ["CASCADE", "SET NULL"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_dry_run_names_what_on_delete_rules_remove(
@@ -133,7 +132,6 @@ def test_dry_run_names_what_on_delete_rules_remove(
         assert snapshot(connection, md) == before
 
 
-@pytest.mark.xfail(strict=True, reason="#13.4: the report does not name what ON DELETE removed")
 @pytest.mark.parametrize("on_delete", ["CASCADE", "SET NULL"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_report_names_what_on_delete_rules_removed(
@@ -156,23 +154,7 @@ def test_report_names_what_on_delete_rules_removed(
         assert cascaded(report) == EXPECTED_CASCADE[on_delete]
 
 
-XFAIL_LOADED = pytest.mark.xfail(
-    strict=True, reason="#13.4: objects of rows removed by a cascade stay persistent"
-)
-
-
-@pytest.mark.parametrize(
-    "on_delete",
-    [
-        pytest.param("CASCADE", marks=XFAIL_LOADED),
-        pytest.param(
-            "SET NULL",
-            marks=pytest.mark.xfail(
-                strict=True, reason="#13.4: objects of rows set NULL by a rule keep old values"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("on_delete", ["CASCADE", "SET NULL"])
 @pytest.mark.parametrize("entry", ORM_ENTRY_POINTS)
 def test_loaded_objects_follow_on_delete_rules(
     enforced: Backend, entry: str, on_delete: str
@@ -205,10 +187,6 @@ def test_loaded_objects_follow_on_delete_rules(
         session.close()
 
 
-RESTRICT_BUGS = "#13.4: a NO ACTION/RESTRICT refusal is a raw IntegrityError, not predicted"
-
-
-@pytest.mark.xfail(strict=True, reason=RESTRICT_BUGS)
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry_run", "run"])
 @pytest.mark.parametrize("on_delete", ["NO ACTION", "RESTRICT"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
@@ -241,11 +219,8 @@ def test_restricted_delete_is_refused(
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_no_rule_no_cascade_listed(enforced: Backend, entry: str, request: Any) -> None:
+def test_no_rule_no_cascade_listed(enforced: Backend, entry: str) -> None:
     """The clashing row has no dependents: nothing beyond it is named."""
-    request.applymarker(
-        pytest.mark.xfail(strict=True, reason="#13.4: report.cascaded does not exist yet")
-    )
     md, t = billing("CASCADE")
     with built(enforced, md) as connection:
         seed_billing(connection, t)
@@ -258,9 +233,6 @@ def test_no_rule_no_cascade_listed(enforced: Backend, entry: str, request: Any) 
         assert cascaded(report) == {}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="#13.4 (found): unenforced keys: payments left on a deleted row"
-)
 @pytest.mark.backends("sqlite-nofk")
 @pytest.mark.parametrize("on_delete", ["CASCADE", "SET NULL", "NO ACTION"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
