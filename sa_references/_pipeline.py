@@ -14,18 +14,19 @@ objects are synchronized, and how sources are deleted.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_state
 
 from ._backend import Backend, backend_of
 from ._catalog import check_references
 from ._engine import HolderOf, Names, run_keys
-from ._keys import AnyColumn, ReferencingKey
+from ._keys import AnyColumn, ReferencingKey, reference_graph
 from ._options import MergeOptions
 from ._pairs import pairs_by_key
 from ._report import KeyResult
@@ -89,10 +90,7 @@ def run(
         ) as connection:
             for merge in merges:
                 if merge.deletes:
-                    # a source deleted with references the merge left would lose them:
-                    # ON DELETE CASCADE takes them along, NO ACTION fails, no FK orphans
-                    for table in merge.tables:
-                        check_references(connection, table)
+                    refuse_unfollowed_references(connection, merge.tables)
                 pairs, values_of = merge.lock_and_read(connection)
                 key_pairs = pairs_by_key(connection, merge.keys, pairs, values_of)
                 options = merge.options
@@ -122,6 +120,29 @@ def run(
             if instance_state(obj).session is session:
                 session.expunge(obj)
     return results
+
+
+#: per reference graph (rebuilt when its MetaData changes) and merged tables, the engines
+#: whose catalog was found to hold no foreign key to them that the graph lacks
+_checked: weakref.WeakKeyDictionary[Any, dict[frozenset[Table], weakref.WeakSet[Engine]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def refuse_unfollowed_references(connection: Connection, tables: Sequence[Table]) -> None:
+    """Before deleting sources: a foreign key to them that the merge does not follow would
+    lose its rows (ON DELETE CASCADE takes them along, NO ACTION fails, unenforced keys
+    orphan them), so the live catalog is checked (UnfollowedReferenceError).  Once per
+    engine, MetaData and tables: a schema changed by another process since is not seen."""
+    if not tables:
+        return
+    graph = reference_graph(tables[0].metadata)
+    engines = _checked.setdefault(graph, {}).setdefault(frozenset(tables), weakref.WeakSet())
+    if connection.engine in engines:
+        return
+    for table in tables:
+        check_references(connection, table)
+    engines.add(connection.engine)
 
 
 def _expire(session: Session, objects: Sequence[object]) -> None:
