@@ -22,7 +22,7 @@ from ._keys import ReferencingKey, UniqueKey, referencing_keys
 from ._merge import merge_into, merge_many, merge_rows
 from ._mixin import ReferencesMixin
 from ._options import USE_SESSION_DEFAULT
-from ._report import BatchReport, Conflict, KeyResult, MergeReport
+from ._report import BatchReport, Cascade, Conflict, KeyResult, MergeReport
 from ._session import ReferencesSession
 from .exc import (
     ConcurrentMergeError,
@@ -41,6 +41,7 @@ from .exc import (
 __all__ = [
     "USE_SESSION_DEFAULT",
     "BatchReport",
+    "Cascade",
     "CatalogForeignKey",
     "ConcurrentMergeError",
     "Conflict",
