@@ -63,6 +63,7 @@ from sqlalchemy.orm import RelationshipProperty, Session, registry, relationship
 from sqlalchemy.orm.exc import StaleDataError
 
 from sa_references import (
+    BatchReport,
     MergeConflictError,
     MergeCycleError,
     MergeReport,
@@ -684,7 +685,10 @@ def model_snapshot(schema: Schema, rows: dict[str, list[Row]]) -> dict[str, list
     }
 
 
-def summary(report: MergeReport) -> dict[str, tuple[int, int, int, frozenset[Values]]]:
+Summary = dict[str, tuple[int, int, int, frozenset[Values]]]
+
+
+def summary(report: MergeReport | BatchReport) -> Summary:
     found = {}
     for result in report.keys:
         rows = frozenset(tuple(row) for c in result.conflicts for row in c.rows)
@@ -1159,8 +1163,19 @@ class Flush:
                 continue
             first[source] = report
             assert report.applied
-            wanted = nontrivial(outcomes[queued.group_of[source]].results)
-            assert summary(report) == wanted, f"report differs:\n{report}"
+            group = queued.group_of[source]
+            wanted = nontrivial(outcomes[group].results)
+            alone = len(queued.groups[group]) == 1
+            # a merge has counts of its own only when alone in its batch; the batch's
+            # totals are on report.batch either way
+            assert report.counted == alone, f"counted is {report.counted}:\n{report}"
+            assert report.batch is not None, f"no batch report:\n{report}"
+            assert summary(report.batch) == wanted, f"batch report differs:\n{report.batch}"
+            if alone:
+                assert summary(report) == wanted, f"report differs:\n{report}"
+            else:
+                assert (report.rowcount, report.deleted, report.left) == (None,) * 3
+                assert report.keys == [], f"counts of a batch on one merge:\n{report}"
         check_identity_map(session)
         merges, batches = len(queued.target_of), len(queued.groups)
         event(f"session: flushed {merges} merge(s) in {batches} batch(es)")
