@@ -116,3 +116,11 @@ def _describe(dialect: Dialect) -> Backend:
         partitions_repeat_foreign_keys=postgresql,
         foreign_keys_cross_schemas=not sqlite,
     )
+
+
+def foreign_keys_enforced(connection: Connection) -> bool:
+    """Whether the database enforces foreign keys (and runs their ON DELETE / ON UPDATE
+    rules) on this connection."""
+    if not backend_of(connection).foreign_keys_need_pragma:
+        return True
+    return bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())

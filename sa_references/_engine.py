@@ -33,6 +33,7 @@ from ._compat import add_note
 from ._keys import ReferencingKey
 from ._mapping import TemporaryTables
 from ._ondelete import consequences
+from ._onupdate import refuse_unfollowed_updates
 from ._report import Cascade, Conflict, KeyResult, clashing_rows
 from ._sync import KeyMoves
 from .exc import MergeConflictError, SelfReferenceError, SharedColumnError
@@ -161,6 +162,7 @@ def plan_keys(
     plans = [KeyPlan(key, pairs) for key, pairs in key_pairs.items() if pairs]
     for plan in plans:
         _refuse_shared_changes(connection, plan)
+        refuse_unfollowed_updates(connection, plan.key, plan.pairs)
     _share_mappings(tables, plans)
     for plan in plans:
         plan.self_references = _read_self_references(connection, plan, holder_of)

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Table, func, select, tuple_
 
 from . import _statements as sql
-from ._backend import backend_of
+from ._backend import foreign_keys_enforced
 from ._keys import AnyColumn, ReferencingKey, reference_graph
 from .exc import DeleteRestrictedError
 
@@ -102,19 +102,13 @@ def _referring(key: ReferencingKey, table: Table, where: ColumnElement[bool]) ->
 
 def _action(connection: Connection, key: ReferencingKey) -> str:
     rule = (key.constraint.ondelete or "NO ACTION").upper()
-    if not _enforced(connection):
+    if not foreign_keys_enforced(connection):
         return "refuse"  # no rule runs: the rows would reference a row that is gone
     if rule == "CASCADE":
         return "delete"
     if rule in ("SET NULL", "SET DEFAULT"):
         return rule.lower()
     return "refuse"
-
-
-def _enforced(connection: Connection) -> bool:
-    if not backend_of(connection).foreign_keys_need_pragma:
-        return True
-    return bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())
 
 
 def _describe(table: Table, depth: int) -> str:

@@ -1062,6 +1062,7 @@ def synchronize(
     run = strategy(session, graph, pairs, key_moves, deleting, inexact_string_comparison)
     result = run.run()
     follow_cascades(session, graph, key_moves, result)
+    follow_update_cascades(session, graph, key_moves, result)
     return result
 
 
@@ -1089,3 +1090,66 @@ def follow_cascades(
                 else:
                     session.expire(obj)
                     result.touched.append(obj)
+
+
+#: how deep ON UPDATE CASCADE is followed (a self-referential one could go on for ever)
+MAX_UPDATE_CASCADE_DEPTH = 16
+
+
+def follow_update_cascades(
+    session: Session, graph: ReferenceGraph, key_moves: Sequence[KeyMoves], result: SyncResult
+) -> None:
+    """Loaded rows that an ON UPDATE CASCADE carried along with the re-pointed rows
+    (``order_line(order_id, customer_id) -> orders(id, customer_id)``) have the carried
+    columns expired: which of them the database rewrote is not known here (a line of an
+    order left on its source keeps the old value)."""
+    for km in key_moves:
+        changed: dict[AnyColumn, set[Any]] = {}
+        for source, target in km.moves.items():
+            for position, column in enumerate(km.key.columns):
+                if source[position] != target[position]:
+                    changed.setdefault(column, set()).add(source[position])
+        _expire_carried(session, graph, km.key.table, changed, result, depth=0)
+
+
+def _expire_carried(
+    session: Session,
+    graph: ReferenceGraph,
+    table: Any,
+    changed: dict[AnyColumn, set[Any]],
+    result: SyncResult,
+    depth: int,
+) -> None:
+    if not changed or depth >= MAX_UPDATE_CASCADE_DEPTH:
+        return
+    for dependent in graph.keys_for_tables([table]):
+        if (dependent.constraint.onupdate or "").upper() != "CASCADE":
+            continue  # anything else was refused before the merge wrote (see _onupdate)
+        carried = {
+            column: changed[referred]
+            for column, referred in zip(dependent.columns, dependent.referred_columns)
+            if referred in changed
+        }
+        if not carried:
+            continue
+        classes = identity_classes(graph.mappers_by_table.get(dependent.table, ()))
+        for state in loaded_states(session, classes) if classes else ():
+            names = _holding(state, carried)
+            obj = state.obj()
+            if names and obj is not None:
+                session.expire(obj, names)
+                result.touched.append(obj)
+        _expire_carried(session, graph, dependent.table, carried, result, depth + 1)
+
+
+def _holding(state: InstanceState[Any], carried: dict[AnyColumn, set[Any]]) -> list[str]:
+    """The attributes of ``state`` that hold one of the carried (old) values."""
+    names = []
+    for column, values in carried.items():
+        try:
+            name = state.mapper.get_property_by_column(column).key
+        except UnmappedColumnError:
+            continue
+        if name in state.dict and state.dict[name] in values:
+            names.append(name)
+    return names

@@ -20,7 +20,8 @@ The hierarchy::
         │                                deleted it: retryable (roll back, try again)
         ├── MergeCycleError              queued merges would close a cycle
         ├── UnsafeMergeError             the merge would lose or silently change a reference
-        │   ├── SharedColumnError        a re-pointed column is also part of another key
+        │   ├── SharedColumnError        a re-pointed column is also part of another key,
+        │   │                            or referred to without ON UPDATE CASCADE
         │   ├── UnfollowedReferenceError the database holds a foreign key the merge
         │   │                            does not follow
         │   └── DeleteRestrictedError    ON DELETE NO ACTION / RESTRICT would refuse a
@@ -113,7 +114,10 @@ class UnsafeMergeError(ReferencesError):
 class SharedColumnError(UnsafeMergeError):
     """A column the merge would rewrite also belongs to another foreign key or the
     primary key of the same row, and the values differ (multi-tenant keys:
-    ``orders(tenant_id, customer_id)`` and ``orders(tenant_id, product_id)``)."""
+    ``orders(tenant_id, customer_id)`` and ``orders(tenant_id, product_id)``); or
+    rows of another table refer to it through a foreign key the database would not
+    carry along (``order_line(order_id, customer_id) -> orders(id, customer_id)``
+    without an enforced ON UPDATE CASCADE)."""
 
 
 class UnfollowedReferenceError(UnsafeMergeError):
