@@ -50,4 +50,5 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:(class|meth|exc)", r"sqlalchemy\.[A-Za-z_.]+"),  # SQLAlchemy's API
     (r"py:class", r"collections\.abc\.[A-Za-z]+"),  # signatures' standard types
+    (r"py:class", r"pathlib\.Path"),
 ]

@@ -1,5 +1,5 @@
 """``python -m sa_references``: the ``sa-references`` command line."""
 
-from ._cli import main
+from .cli import main
 
 raise SystemExit(main())

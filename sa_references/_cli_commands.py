@@ -4,17 +4,10 @@ Each function opens the database (a URL, or ``-`` for ``$SA_REFERENCES_URL``),
 reflects the table (with the tables of any schema that reference it), does its
 work and returns a frozen dataclass; nothing is printed.  A merge asks
 ``confirm(plan)`` (when given) before changing anything.  Failures raise
-:class:`~._cli_input.CommandError` (one-line message and exit status), a
+:class:`~sa_references.command.CommandError` (one-line message and exit status), a
 :class:`sa_references.exc.ReferencesError` or SQLAlchemy's errors.
 
-E.g.::
-
-    from sa_references._cli_commands import merge
-    from sa_references._options import MergeOptions
-
-    result = merge("sqlite:///shop.db", "customer", "3", "1",
-                   MergeOptions(on_conflict="delete", delete=True))
-    print(result.rowcount, "rows re-pointed")
+They are public as :mod:`sa_references.command`.
 """
 
 from __future__ import annotations
@@ -83,7 +76,7 @@ def _check_batch_size(batch_size: int) -> None:
 
 @dataclass(frozen=True)
 class KeysResult:
-    """``keys``: the foreign keys that reference :attr:`table`."""
+    """``keys``: the foreign keys that reference ``table``."""
 
     table: Table
     keys: tuple[ReferencingKey, ...]
@@ -226,8 +219,8 @@ def merge(
     Keys are strings as on the command line (``"TEA,M"``) or values.  With
     ``options.dry_run`` the plan is returned and nothing changes.  With
     ``confirm``, the plan is passed to it first: False raises
-    :class:`~._cli_input.Declined`; the merge then runs only if it does what the
-    plan showed (else :class:`~._cli_input.CommandError`, nothing changed).
+    :class:`~sa_references.command.Declined`; the merge then runs only if it does what the
+    plan showed (else :class:`~sa_references.command.CommandError`, nothing changed).
     """
     with database(url) as engine:
         with engine.connect() as connection:

@@ -59,6 +59,8 @@ class UsageError(CommandError):
 
 
 class Declined(CommandError):
+    """The merge's plan was not confirmed (``confirm`` returned False); nothing changed."""
+
     exit_status = EXIT_DECLINED
 
 

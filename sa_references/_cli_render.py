@@ -1,6 +1,7 @@
 """The command line's output: each command's result as text or JSON, written to a stream.
 
-The JSON formats are documented in :mod:`sa_references._cli`.
+The JSON formats are documented in :mod:`sa_references._cli`; :func:`result_json` is the
+document of any command's result.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ RESULT_WORDS = ("re-pointed", "deleted", "left on the source")
 
 
 # ---------------------------------------------------------------- values
+
+
+def result_json(result: KeysResult | DependentsResult | MergeResult | PairsResult) -> JSONDict:
+    """The JSON document ``--json`` writes for a command's result (values JSON cannot
+    represent as strings: ISO 8601 dates, decimal strings, hex for binary data)."""
+    if isinstance(result, KeysResult):
+        return keys_json(result)
+    if isinstance(result, DependentsResult):
+        return dependents_json(result)
+    return merge_json(result)
 
 
 def json_value(value: Any) -> Any:

@@ -44,9 +44,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import NullType, TypeEngine
 
-from sa_references._cli import URL_ENV_VAR, CommandError, main
 from sa_references._cli_input import key_values
 from sa_references._cli_render import json_value
+from sa_references.cli import URL_ENV_VAR, main
+from sa_references.command import CommandError
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql", "mariadb")
 

@@ -8,24 +8,27 @@ from typing import Any
 
 import pytest
 
-from sa_references._cli_commands import (
+from sa_references import command
+from sa_references.command import (
+    CommandError,
+    Declined,
     DependentsResult,
     KeysResult,
+    MergeOptions,
     MergeResult,
     PairsResult,
     dependents,
     keys,
     merge,
     merge_pairs,
+    result_json,
 )
-from sa_references._cli_input import CommandError, Declined
-from sa_references._cli_render import merge_json
-from sa_references._options import MergeOptions
 from sa_references.exc import MergeConflictError
 from tests import test_cli
 from tests.test_cli import Database, write_csv
 
-database = test_cli.database  # fixture
+database = test_cli.database  # fixtures
+cli = test_cli.cli
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql", "mariadb")
 
@@ -70,7 +73,7 @@ def test_commands_return_results(database: Database, capsys: pytest.CaptureFixtu
     done = merge(database.url, "cli_customer", 3, 1, options, confirm=lambda plan: True)
     assert (done.dry_run, done.committed) == (False, True)
     assert (done.source, done.target, done.rowcount, done.deleted) == ((3,), (1,), 4, 1)
-    assert merge_json(done)["source"] == {"id": 3}
+    assert result_json(done)["source"] == {"id": 3}
     assert database.customer_of_orders()[2] == 1
     assert capsys.readouterr() == ("", "")  # nothing printed
 
@@ -119,3 +122,29 @@ def test_a_run_that_differs_from_its_plan_is_refused(database: Database) -> None
     assert {k: v for k, v in after.items() if k != "cli_order"} == {
         k: v for k, v in before.items() if k != "cli_order"
     }
+
+
+def test_result_json_is_what_json_output_writes(cli: Any, database: Database) -> None:
+    """``result_json`` of each command's result is the document ``--json`` prints."""
+    import json
+
+    url = database.url
+    calls = [
+        (keys(url, "cli_customer"), ["keys", url, "cli_customer"]),
+        (dependents(url, "cli_customer", "3"), ["dependents", url, "cli_customer", "3"]),
+        (
+            merge(url, "cli_customer", "3", "1", MergeOptions(dry_run=True)),
+            ["merge", url, "cli_customer", "3", "1", "--dry-run"],
+        ),
+    ]
+    for result, argv in calls:
+        run = cli(*argv, "--json")
+        assert run.status == 0, (argv, run.err)
+        assert json.loads(run.out) == json.loads(json.dumps(result_json(result), default=str))
+
+
+def test_command_module_is_the_public_surface() -> None:
+    assert command.__all__ == sorted(command.__all__, key=lambda n: (not n.isupper(), n))
+    for name in command.__all__:
+        if not name.isupper():  # constants aside
+            assert getattr(command, name).__doc__, f"{name} has no docstring"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sa_references._cli import EXIT_COMMITTED_OUTPUT_FAILED, main
+from sa_references.cli import EXIT_COMMITTED_OUTPUT_FAILED, main
 from tests import test_cli
 from tests.test_cli import Database, FakeStdin, commands, write_csv
 
