@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, MetaData, Table, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 
-from sa_references._catalog import CatalogForeignKey, check_references, unfollowed_references
+from sa_references import CatalogForeignKey, check_references, unfollowed_references
 from sa_references.exc import UnfollowedReferenceError
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql", "mariadb")

@@ -12,7 +12,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import sessionmaker
 
 from sa_references import MergeConflictError, ReferencesError, ReferencesSession, referencing_keys
-from sa_references._backend import backend_of
 from tests.conftest import TwoBinds
 from tests.models import Customer, Group, Order, Review, Shelf, Trap, Warehouse, customer_group
 
@@ -103,7 +102,9 @@ def test_rolled_back_savepoint_drops_only_its_merges(rsession: ReferencesSession
     assert owners(rsession)["c0-0"] == b.id and owners(rsession)["c2-0"] == c.id
 
 
-def test_one_update_per_key_for_many_merges(rsession: ReferencesSession, statements: Any) -> None:
+def test_one_update_per_key_for_many_merges(
+    db: Any, rsession: ReferencesSession, statements: Any
+) -> None:
     people = customers(rsession, 120)
     keys = referencing_keys(Customer)
     assert len(keys) == 9
@@ -114,7 +115,7 @@ def test_one_update_per_key_for_many_merges(rsession: ReferencesSession, stateme
     assert log.count("UPDATE") <= len(keys)
     assert len(log.sql) < 60  # O(keys), not O(merges)
     locks = [s for s in log.sql if "FOR UPDATE" in s and "FROM customer" in s]
-    can = backend_of(rsession.connection())
+    can = db.can
     if can.pairs_shape == "arrays":
         # the pairs travel as arrays: one lock, no mapping table to create and fill
         assert len(locks) == 1 and "ANY" in locks[0]
