@@ -295,6 +295,8 @@ def _refuse_shared_changes(connection: Connection, plan: KeyPlan) -> None:
     on every row re-pointed: refused, before anything is written, when rows would change."""
     key = plan.key
     positions = [position for position, _ in key.shared]
+    if not positions:
+        return
     changing = [s for s, t in plan.pairs.items() if any(s[p] != t[p] for p in positions)]
     if not changing:
         return

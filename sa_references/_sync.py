@@ -1104,12 +1104,24 @@ def follow_update_cascades(
     columns expired: which of them the database rewrote is not known here (a line of an
     order left on its source keeps the old value)."""
     for km in key_moves:
+        if not _carried_by_cascade(graph, km.key):
+            continue
         changed: dict[AnyColumn, set[Any]] = {}
         for source, target in km.moves.items():
             for position, column in enumerate(km.key.columns):
                 if source[position] != target[position]:
                     changed.setdefault(column, set()).add(source[position])
         _expire_carried(session, graph, km.key.table, changed, result, depth=0)
+
+
+def _carried_by_cascade(graph: ReferenceGraph, key: ReferencingKey) -> bool:
+    """Whether an ON UPDATE CASCADE key refers to a column ``key`` rewrites."""
+    columns = set(key.columns)
+    return any(
+        (other.constraint.onupdate or "").upper() == "CASCADE"
+        and not columns.isdisjoint(other.referred_columns)
+        for other in graph.keys_for_tables([key.table])
+    )
 
 
 def _expire_carried(
