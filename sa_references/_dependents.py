@@ -13,7 +13,7 @@ from . import _statements as sql
 from ._keys import AnyColumn, ReferenceGraph, ReferencingKey, reference_graph
 from ._objects import describe, instance_state, referred_values
 from ._pairs import fetch_row, primary_key_values
-from ._route import check_bind
+from ._route import bind_arguments_for, check_bind
 from .exc import ReferencesError
 
 Values = tuple[Any, ...]
@@ -52,7 +52,7 @@ class KeyDependents:
     def __iter__(self) -> Iterator[Any]:
         if self._owner.values(self.key) is None:
             return iter(())
-        result = self._owner.execute(self.select())
+        result = self._owner.execute(self.select(), self.key.table)
         if self.mapper is not None:
             # unique(): required by joined eager loads of collections; rows are unique anyway
             return iter(result.scalars().unique().all())
@@ -61,7 +61,7 @@ class KeyDependents:
     def count(self) -> int:
         if self._owner.values(self.key) is None:
             return 0
-        count: int = self._owner.execute(self.count_select()).scalar_one()
+        count: int = self._owner.execute(self.count_select(), self.key.table).scalar_one()
         return count
 
     def __repr__(self) -> str:
@@ -119,14 +119,19 @@ class Dependents:
         for rows in self.by_key().values():
             yield from rows
 
-    def execute(self, statement: Select[Any]) -> Any:
-        """Run a lookup; on a Session, pending changes are flushed first (autoflush).
+    def execute(self, statement: Select[Any], table: Table) -> Any:
+        """Run a lookup about ``table``'s rows; on a Session, pending changes are flushed
+        first (autoflush), and the statement goes where the Session binds ``table``.
 
         SQLAlchemy 2.0 autoflushes only before ORM statements; a count over
-        plain tables must see pending rows too.
+        plain tables must see pending rows too.  A count's tables are inside scalar
+        subqueries, where a ``get_bind()`` that routes by table (Flask-SQLAlchemy's
+        ``__bind_key__``) would not look.
         """
-        if isinstance(self.bind, Session) and self.bind.autoflush:
-            self.bind.flush()
+        if isinstance(self.bind, Session):
+            if self.bind.autoflush:
+                self.bind.flush()
+            return self.bind.execute(statement, bind_arguments=bind_arguments_for(table))
         return self.bind.execute(statement)
 
     def count(self) -> int:
@@ -138,7 +143,7 @@ class Dependents:
         ]
         if not counts:
             return 0
-        row = self.execute(select(*counts)).one()
+        row = self.execute(select(*counts), self.keys[0].table).one()
         return sum(int(c) for c in row)
 
     def __repr__(self) -> str:

@@ -47,7 +47,8 @@ class ReferencesMixin:
     Both methods work through ``object_session(self)``.
     """
 
-    __slots__ = ()
+    # no __slots__: Flask-SQLAlchemy rebuilds the base from Base.__bases__ and copies its
+    # __dict__, whose "__dict__" descriptor a slotted mixin makes the wrong one
 
     def merge_into(
         self,

@@ -11,17 +11,13 @@ referencing the merged one live behind the same connection.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, select
+from sqlalchemy import Connection, Table
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Mapper, Session
 
 Bind = Session | Connection
-
-#: per table, the clause a Session routes by when no mapper is at hand (built once)
-_clauses: weakref.WeakKeyDictionary[Table, Select[Any]] = weakref.WeakKeyDictionary()
 
 
 def check_bind(bind: object) -> None:
@@ -40,9 +36,12 @@ def connection_for(
     if mapper is not None:
         return bind.connection(bind_arguments={"mapper": mapper})
     if table is not None:
-        try:
-            clause = _clauses[table]
-        except KeyError:
-            clause = _clauses[table] = select(table)
-        return bind.connection(bind_arguments={"clause": clause})
+        return bind.connection(bind_arguments=bind_arguments_for(table))
     return bind.connection()
+
+
+def bind_arguments_for(table: Table) -> dict[str, Any]:
+    """The ``bind_arguments`` that make a Session route a statement by ``table``: the
+    table itself is the clause, which ``Session.get_bind()`` finds in ``binds=`` and
+    overrides that route by table read directly (Flask-SQLAlchemy's ``__bind_key__``)."""
+    return {"clause": table}

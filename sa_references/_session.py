@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Table, event
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
 
+from ._frameworks import session_class_for
 from ._keys import AnyColumn
 from ._locks import lock_objects
 from ._merge import merge_objects
@@ -74,6 +75,11 @@ class ReferencesSession(Session):
             session.commit()  # one UPDATE per referencing key
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> ReferencesSession:
+        # Flask-SQLAlchemy's session_options={"class_": ReferencesSession}: its routing kept
+        instance: ReferencesSession = super().__new__(session_class_for(cls, kwargs))
+        return instance
+
     def __init__(
         self,
         bind: Any = None,
@@ -82,7 +88,9 @@ class ReferencesSession(Session):
         **kwargs: Any,
     ) -> None:
         check_options("raise", synchronize_session)
-        super().__init__(bind, **kwargs)
+        # by keyword: a class combined with another Session subclass (Flask-SQLAlchemy's
+        # takes ``db`` first) gets the arguments it expects
+        super().__init__(bind=bind, **kwargs)
         self.synchronize_session: SynchronizeMode = synchronize_session
         #: the reports of the queued merges, in order (``report.source`` is the source)
         self._queued: list[MergeReport] = []
