@@ -32,7 +32,7 @@ from ._dependents import row_dependents
 from ._keys import ReferencingKey, referencing_keys
 from ._merge import merge_many, merge_rows
 from ._options import DEFAULT_OPTIONS, MergeOptions
-from ._report import BatchReport, Conflict, KeyResult
+from ._report import BatchReport, Conflict, KeyResult, total_cascades
 from .exc import MergeConflictError
 
 __all__ = [
@@ -127,6 +127,10 @@ class _Totals:
         return sum(r.left for r in self.keys)
 
     @property
+    def cleared(self) -> int:
+        return sum(r.cleared for r in self.keys)
+
+    @property
     def conflicts(self) -> list[Conflict]:
         return [c for r in self.keys for c in r.conflicts]
 
@@ -136,10 +140,18 @@ class _Totals:
         if self.options.on_conflict == "raise" and self.conflicts:
             raise MergeConflictError(self.conflicts)
 
-    def outcome(self) -> list[tuple[str, int, int, int, frozenset[Values]]]:
-        """Per key: counts and the clashing rows (to compare a run with its plan)."""
+    def outcome(self) -> list[tuple[Any, ...]]:
+        """Per key: counts, the clashing rows and the cleared ones (to compare a run with
+        its plan)."""
         return [
-            (r.key.name, r.repointed, r.deleted, r.left, frozenset(_rows(r.conflicts)))
+            (
+                r.key.name,
+                r.repointed,
+                r.deleted,
+                r.left,
+                frozenset(_rows(r.conflicts)),
+                frozenset(r.cleared_rows),
+            )
             for r in self.keys
         ]
 
@@ -406,4 +418,6 @@ def add_key_results(totals: list[KeyResult], results: Sequence[KeyResult]) -> li
         total.deleted += result.deleted
         total.left += result.left
         total.conflicts += result.conflicts
+        total.cleared_rows += result.cleared_rows
+        total.cascaded = list(total_cascades([*total.cascaded, *result.cascaded]))
     return sorted(by_key.values(), key=lambda r: r.key.sort_key)

@@ -24,8 +24,25 @@ from ._report import Conflict, KeyResult
 
 JSONDict = dict[str, Any]
 
-PLAN_WORDS = ("to re-point", "to delete", "to leave on the source")
-RESULT_WORDS = ("re-pointed", "deleted", "left on the source")
+#: how a plan and a result say what happens to rows
+PLAN_WORDS = {
+    "repoint": "to re-point",
+    "delete": "to delete",
+    "leave": "to leave on the source",
+    "clear": "to clear",
+}
+RESULT_WORDS = {
+    "repoint": "re-pointed",
+    "delete": "deleted",
+    "leave": "left on the source",
+    "clear": "cleared",
+}
+#: a Cascade's action, as its ON DELETE rule and as a verb
+RULES = {
+    "delete": ("CASCADE", "delete"),
+    "set null": ("SET NULL", "clear"),
+    "set default": ("SET DEFAULT", "clear"),
+}
 
 
 # ---------------------------------------------------------------- values
@@ -181,6 +198,7 @@ def merge_json(result: MergeResult | PairsResult) -> JSONDict:
         "rowcount": result.rowcount,
         "deleted": result.deleted,
         "left": result.left,
+        "cleared": result.cleared,
         "keys": [key_result_json(r) for r in result.keys],
     }
 
@@ -193,6 +211,11 @@ def key_result_json(result: KeyResult) -> JSONDict:
         "repointed": result.repointed,
         "deleted": result.deleted,
         "left": result.left,
+        "cleared": result.cleared,
+        "cleared_rows": [[json_value(v) for v in row] for row in result.cleared_rows],
+        "cascaded": [
+            {"table": c.table, "action": c.action, "count": c.count} for c in result.cascaded
+        ],
         "conflicts": [conflict_json(c) for c in result.conflicts],
     }
 
@@ -232,7 +255,11 @@ def write_key_results(result: MergeResult | PairsResult, out: TextIO) -> None:
     idle = 0
     for key_result in result.keys:
         if not (
-            key_result.repointed or key_result.deleted or key_result.left or key_result.conflicts
+            key_result.repointed
+            or key_result.cleared
+            or key_result.deleted
+            or key_result.left
+            or key_result.conflicts
         ):
             idle += 1
             continue
@@ -243,11 +270,16 @@ def write_key_results(result: MergeResult | PairsResult, out: TextIO) -> None:
 
 def describe_key_result(result: MergeResult | PairsResult, key_result: KeyResult) -> str:
     words = PLAN_WORDS if result.dry_run else RESULT_WORDS
-    parts = [f"{key_result.repointed} {words[0]}"]
+    parts = [f"{key_result.repointed} {words['repoint']}"]
+    if key_result.cleared:
+        parts.append(f"{key_result.cleared} {words['clear']} (the target's own reference)")
     if key_result.deleted:
-        parts.append(f"{key_result.deleted} conflicting {words[1]}")
+        parts.append(f"{key_result.deleted} conflicting {words['delete']}")
+    for cascade in key_result.cascaded:
+        rule, verb = RULES[cascade.action]
+        parts.append(f"{cascade.count} of {cascade.table} {words[verb]} by ON DELETE {rule}")
     if key_result.left:
-        parts.append(f"{key_result.left} conflicting {words[2]}")
+        parts.append(f"{key_result.left} conflicting {words['leave']}")
     if result.options.on_conflict == "raise":
         parts += [
             f"{plural(len(c.rows), 'row')} clash on {c.constraint} (see --on-conflict)"
@@ -261,10 +293,12 @@ def write_totals(result: MergeResult | PairsResult, sources: str, out: TextIO) -
     deleted = plural(result.deleted, "conflicting row")
     delete = result.options.delete
     if result.dry_run:
-        line = f"Would re-point {repointed}, delete {deleted}, leave {result.left}"
+        clear = f", clear {result.cleared}" if result.cleared else ""
+        line = f"Would re-point {repointed}{clear}, delete {deleted}, leave {result.left}"
         line += f" and delete {sources}." if delete else "."
     else:
-        line = f"Re-pointed {repointed}, deleted {deleted}, left {result.left}"
+        clear = f", cleared {result.cleared}" if result.cleared else ""
+        line = f"Re-pointed {repointed}{clear}, deleted {deleted}, left {result.left}"
         line += f"; deleted {sources}." if delete else "."
     print(line, file=out)
     if result.options.dry_run:

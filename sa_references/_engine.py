@@ -468,6 +468,7 @@ def _apply_key(
     for statement in sql.nullify_identities(key, plan.self_references):
         execute(connection, statement, key, "clearing the target's reference to the source in")
     moves.nulled.update(plan.self_references)
+    result.cleared_rows = list(plan.self_references)
     clashing = plan.conflicting_rows
     if clashing and on_conflict == "delete":
         # what the database's ON DELETE rules will do, read (or refused) before it does

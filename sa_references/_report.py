@@ -70,9 +70,20 @@ class KeyResult:
     conflicts: list[Conflict] = field(default_factory=list)
     #: what ON DELETE rules deleted or cleared beyond the ``deleted`` rows
     cascaded: list[Cascade] = field(default_factory=list)
+    #: identities of the targets' own rows whose reference to their source was set to
+    #: NULL rather than made to reference the target itself (``on_self_reference="null"``)
+    cleared_rows: list[Values] = field(default_factory=list)
+
+    @property
+    def cleared(self) -> int:
+        """Rows whose reference was set to NULL (``on_self_reference="null"``)."""
+        return len(self.cleared_rows)
 
     def __str__(self) -> str:
-        text = f"{self.key.name}: {self.repointed} re-pointed, {self.deleted} deleted"
+        text = f"{self.key.name}: {self.repointed} re-pointed"
+        if self.cleared:
+            text += f", {self.cleared} cleared"
+        text += f", {self.deleted} deleted"
         text += "".join(f", {c.count} of {c.table} {c.action}d" for c in self.cascaded)
         return f"{text}, {self.left} left"
 
@@ -103,7 +114,7 @@ class _PerKey:
         return total_cascades([c for r in self.keys for c in r.cascaded])
 
     def _lines(self) -> list[str]:
-        return [f"  {r}" for r in self.keys if r.repointed or r.deleted or r.left]
+        return [f"  {r}" for r in self.keys if r.repointed or r.cleared or r.deleted or r.left]
 
 
 @dataclass(slots=True)
@@ -152,6 +163,12 @@ class MergeReport(_PerKey):
         """Clashing rows left on the source (None: no counts of its own)."""
         return sum(r.left for r in self.keys) if self.counted else None
 
+    @property
+    def cleared(self) -> int | None:
+        """The target's references to the source set to NULL (None: no counts of its
+        own)."""
+        return sum(r.cleared for r in self.keys) if self.counted else None
+
     def __str__(self) -> str:
         merge = f"{self.source!r} -> {self.target!r}"
         if not self.applied:
@@ -187,6 +204,12 @@ class BatchReport(_PerKey):
     @property
     def left(self) -> int:
         return sum(r.left for r in self.keys)
+
+    @property
+    def cleared(self) -> int:
+        """Targets' references to their own source set to NULL
+        (``on_self_reference="null"``)."""
+        return sum(r.cleared for r in self.keys)
 
     def __str__(self) -> str:
         verb = "would re-point" if self.dry_run else "re-pointed"

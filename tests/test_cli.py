@@ -474,9 +474,18 @@ def test_merge_self_reference(cli: Any, database: Database) -> None:
     run = cli("merge", database.url, "cli_customer", "1", "2", "--yes")
     assert_error(run, 1, "reference itself")
     assert database.snapshot() == before
-    run = cli("merge", database.url, "cli_customer", "1", "2", "--on-self-reference", "null", "-y")
+    null = ["--on-self-reference", "null"]
+    text_plan = cli("merge", database.url, "cli_customer", "1", "2", *null, "--dry-run")
+    assert "cli_customer(referrer_id): 0 to re-point, 1 to clear" in text_plan.out
+    assert "Would re-point 2 rows, clear 1," in text_plan.out
+    plan = cli("merge", database.url, "cli_customer", "1", "2", *null, "--dry-run", "--json")
+    run = cli("merge", database.url, "cli_customer", "1", "2", *null, "-y", "--json")
     assert run.status == 0, run.err
     assert (2, "Grace", None) in database.rows("cli_customer")
+    for document in (plan.json(), run.json()):  # what is cleared is counted and named
+        assert document["cleared"] == 1
+        (key,) = [k for k in document["keys"] if k["name"] == "cli_customer(referrer_id)"]
+        assert (key["cleared"], key["cleared_rows"], key["repointed"]) == (1, [[2]], 0)
 
 
 def test_merge_bad_input_changes_nothing(cli: Any, database: Database, tmp_path: Path) -> None:
@@ -579,6 +588,7 @@ def test_pairs_json_summary_and_composite_keys(
         "rowcount",
         "deleted",
         "left",
+        "cleared",
         "keys",
     ]
     assert (document["pairs"], document["rowcount"]) == (1, 1)

@@ -269,8 +269,14 @@ def test_self_reference_null(session: Session, shop: dict[str, Any]) -> None:
     dupe, keeper = shop["dupe"], shop["keeper"]
     keeper.referrer = dupe
     session.flush()
+    plan = dupe.merge_into(keeper, on_self_reference="null", dry_run=True)
     report = dupe.merge_into(keeper, on_conflict="delete", on_self_reference="null")
-    assert report["customer(referrer_id)"].repointed == 1  # only "referred"
+    for counted in (plan, report):  # the dry run says what the merge does
+        result = counted["customer(referrer_id)"]
+        assert result.repointed == 1  # only "referred"
+        assert (result.cleared, result.cleared_rows) == (1, [(keeper.id,)])
+        assert counted.cleared == 1
+        assert "customer(referrer_id): 1 re-pointed, 1 cleared" in str(counted)
     assert keeper.referrer is None
     assert (
         session.execute(

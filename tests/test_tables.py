@@ -188,9 +188,13 @@ def test_merge_many_self_reference(
     connection.execute(customer.update().where(customer.c.id == b).values(referrer_id=a))
     with pytest.raises(ReferencesError, match="reference themselves"):
         merge_many(connection, customer, [(a, b)])
+    plan = merge_many(connection, customer, [(a, b)], on_self_reference="null", dry_run=True)
     report = merge_many(connection, customer, [(a, b)], on_self_reference="null")
     assert connection.scalar(select(customer.c.referrer_id).where(customer.c.id == b)) is None
-    assert report["customer(referrer_id)"].repointed == 0
+    for counted in (plan, report):
+        assert counted["customer(referrer_id)"].repointed == 0
+        assert counted["customer(referrer_id)"].cleared_rows == [(b,)]
+        assert counted.cleared == 1
 
 
 def test_row_dependents(
