@@ -318,18 +318,23 @@ def _refuse_shared_changes(connection: Connection, plan: KeyPlan) -> None:
 
 def _self_reference_error(plan: KeyPlan, names: Names | None) -> SelfReferenceError:
     key = plan.key
-    advice = "(pass on_self_reference='null' to clear {} first)"
+    rows = plan.self_references
     if plan.pair is not None and names is not None:
         source, target = names()
         return SelfReferenceError(
             f"{target} references {source} through {key.name}; merging would make it "
-            "reference itself " + advice.format("that reference")
+            "reference itself",
+            key=key.name,
+            rows=rows,
+            purpose="to clear that reference first",
         )
     shown = ", ".join(repr(s) for s in itertools.islice(plan.pairs, 5))
     return SelfReferenceError(
-        f"{len(plan.self_references)} target(s) reference their own source through "
-        f"{key.name} (sources {shown}); merging would make them reference themselves "
-        + advice.format("those references")
+        f"{len(rows)} target(s) reference their own source through "
+        f"{key.name} (sources {shown}); merging would make them reference themselves",
+        key=key.name,
+        rows=rows,
+        purpose="to clear those references first",
     )
 
 
@@ -468,7 +473,7 @@ def _apply_key(
     for statement in sql.nullify_identities(key, plan.self_references):
         execute(connection, statement, key, "clearing the target's reference to the source in")
     moves.nulled.update(plan.self_references)
-    result.cleared_rows = list(plan.self_references)
+    result.cleared_rows = tuple(plan.self_references)
     clashing = plan.conflicting_rows
     if clashing and on_conflict == "delete":
         # what the database's ON DELETE rules will do, read (or refused) before it does

@@ -87,10 +87,13 @@ def lock_objects(
         found = read_locked(connection, table, by_table[table], wanted[table])
         missing = set(by_table[table]) - set(found)
         if missing:
-            shown = ", ".join(repr(m) for m in sorted(missing, key=repr)[:5])
+            first = sorted(missing, key=repr)[:5]
+            shown = ", ".join(repr(m) for m in first)
             raise ConcurrentMergeError(
                 f"{len(missing)} row(s) of {table.fullname} no longer exist ({shown}): "
-                "deleted or merged away by another transaction"
+                "deleted or merged away by another transaction",
+                table=table.fullname,
+                keys=first,
             )
         values.update({(table, identity): row for identity, row in found.items()})
     read: dict[int, dict[AnyColumn, Any]] = {}

@@ -187,7 +187,12 @@ def fetch_row(
     if row is None and missing_ok:
         return None
     if row is None:
-        raise RowNotFoundError(f"{role} row {key!r} not found in {table.fullname}")
+        raise RowNotFoundError(
+            f"{role} row {key!r} not found in {table.fullname}",
+            table=table.fullname,
+            keys=[key],
+            role=role,
+        )
     return {column: row._mapping[column] for column in table.columns}
 
 
@@ -301,8 +306,13 @@ def _row_queries(
 
 def _refuse_missing(table: Table, missing: set[Values]) -> None:
     if missing:
-        shown = ", ".join(repr(k) for k in sorted(missing, key=repr)[:5])
-        raise RowNotFoundError(f"{len(missing)} key(s) not found in {table.fullname}: {shown}")
+        first = sorted(missing, key=repr)[:5]
+        shown = ", ".join(repr(k) for k in first)
+        raise RowNotFoundError(
+            f"{len(missing)} key(s) not found in {table.fullname}: {shown}",
+            table=table.fullname,
+            keys=first,
+        )
 
 
 def pairs_by_key(

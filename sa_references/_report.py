@@ -72,7 +72,7 @@ class KeyResult:
     cascaded: list[Cascade] = field(default_factory=list)
     #: identities of the targets' own rows whose reference to their source was set to
     #: NULL rather than made to reference the target itself (``on_self_reference="null"``)
-    cleared_rows: list[Values] = field(default_factory=list)
+    cleared_rows: tuple[Values, ...] = ()
 
     @property
     def cleared(self) -> int:

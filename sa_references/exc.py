@@ -36,7 +36,8 @@ rolled back to its SAVEPOINT and the session stays usable (except after
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import InvalidRequestError
 
@@ -49,6 +50,7 @@ __all__ = [
     "MergeConflictError",
     "MergeCycleError",
     "ReferencesError",
+    "Remedy",
     "RowNotFoundError",
     "SelfReferenceError",
     "SessionStateError",
@@ -58,8 +60,40 @@ __all__ = [
 ]
 
 
+Values = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """An option that lets a refused merge go ahead: its keyword and the values that do
+    (``Remedy("on_conflict", ("delete", "ignore"))``).  The command line names it as its
+    flag (``--on-conflict delete or ignore``)."""
+
+    option: str
+    values: tuple[str, ...]
+    #: what passing it does, e.g. "to clear that reference first"
+    purpose: str = ""
+
+    def advice(self, option: str, values: Sequence[str]) -> str:
+        purpose = f" {self.purpose}" if self.purpose else ""
+        return f"(pass {option}{' or '.join(values)}{purpose})"
+
+
 class ReferencesError(InvalidRequestError):
     """A merge or a dependents lookup cannot be carried out."""
+
+    #: the option that would let the merge go ahead, when one would
+    remedy: Remedy | None = None
+
+    def __init__(self, reason: str, *, remedy: Remedy | None = None) -> None:
+        #: the message without the remedy's advice
+        self.reason = reason
+        if remedy is not None:
+            self.remedy = remedy
+        if self.remedy is not None:
+            values = [f"'{value}'" for value in self.remedy.values]
+            reason = f"{reason} {self.remedy.advice(f'{self.remedy.option}=', values)}"
+        super().__init__(reason)
 
 
 class MergeConflictError(ReferencesError):
@@ -71,17 +105,16 @@ class MergeConflictError(ReferencesError):
     """
 
     conflicts: tuple[Conflict, ...]
+    remedy = Remedy("on_conflict", ("delete", "ignore"))
 
     def __init__(self, conflicts: Sequence[Conflict]) -> None:
         self.conflicts = tuple(conflicts)
-        parts = [
-            f"{len(c.rows)} row(s) of {c.table} clash on {c.constraint}" for c in self.conflicts
-        ]
-        super().__init__(
-            "merge would violate a unique key: "
-            + "; ".join(parts)
-            + " (use on_conflict='delete' or 'ignore')"
-        )
+        rows: dict[tuple[str, str], int] = {}  # per table and unique key, batches summed
+        for conflict in self.conflicts:
+            slot = (conflict.table, conflict.constraint)
+            rows[slot] = rows.get(slot, 0) + len(conflict.rows)
+        parts = [f"{n} row(s) of {table} clash on {name}" for (table, name), n in rows.items()]
+        super().__init__("merge would violate a unique key: " + "; ".join(parts))
 
 
 class SelfReferenceError(ReferencesError):
@@ -90,9 +123,33 @@ class SelfReferenceError(ReferencesError):
     Pass ``on_self_reference="null"`` to clear that reference first.
     """
 
+    def __init__(self, reason: str, *, key: str, rows: Sequence[Values], purpose: str = "") -> None:
+        #: the referencing key's name
+        self.key = key
+        #: identities of the targets' rows that reference their source through it
+        self.rows = tuple(rows)
+        remedy = Remedy("on_self_reference", ("null",), purpose)
+        super().__init__(reason, remedy=remedy)
+
 
 class RowNotFoundError(ReferencesError):
     """A source, target or key given has no row in the database."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        table: str = "",
+        keys: Sequence[Values] = (),
+        role: str = "",
+    ) -> None:
+        #: the table's full name
+        self.table = table
+        #: the primary key values that have no row (the first ones, for many)
+        self.keys = tuple(keys)
+        #: ``"source"`` or ``"target"`` when the key was given as one
+        self.role = role
+        super().__init__(reason)
 
 
 class ConcurrentMergeError(RowNotFoundError):

@@ -26,6 +26,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "ReferencesMixin",
         "ReferencesSession",
         "ReferencingKey",
+        "Remedy",
         "RowNotFoundError",
         "SelfReferenceError",
         "SessionStateError",
@@ -73,7 +74,8 @@ def test_exception_hierarchy_is_public_and_drawn() -> None:
         "DeleteRestrictedError": "UnsafeMergeError",
         "SessionStateError": "ReferencesError",
     }
-    assert set(parents) | {"ReferencesError"} == set(exc.__all__)
+    # Remedy: the type of ReferencesError.remedy, not an exception
+    assert set(parents) | {"ReferencesError", "Remedy"} == set(exc.__all__)
     for name, parent in parents.items():
         cls = getattr(exc, name)
         assert cls.__bases__ == (getattr(exc, parent),)

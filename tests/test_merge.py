@@ -274,7 +274,7 @@ def test_self_reference_null(session: Session, shop: dict[str, Any]) -> None:
     for counted in (plan, report):  # the dry run says what the merge does
         result = counted["customer(referrer_id)"]
         assert result.repointed == 1  # only "referred"
-        assert (result.cleared, result.cleared_rows) == (1, [(keeper.id,)])
+        assert (result.cleared, result.cleared_rows) == (1, ((keeper.id,),))
         assert counted.cleared == 1
         assert "customer(referrer_id): 1 re-pointed, 1 cleared" in str(counted)
     assert keeper.referrer is None

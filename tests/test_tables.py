@@ -193,7 +193,7 @@ def test_merge_many_self_reference(
     assert connection.scalar(select(customer.c.referrer_id).where(customer.c.id == b)) is None
     for counted in (plan, report):
         assert counted["customer(referrer_id)"].repointed == 0
-        assert counted["customer(referrer_id)"].cleared_rows == [(b,)]
+        assert counted["customer(referrer_id)"].cleared_rows == ((b,),)
         assert counted.cleared == 1
 
 
