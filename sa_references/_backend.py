@@ -11,7 +11,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
 from sqlalchemy.engine import Dialect
 
 #: how many primary keys one locking SELECT passes: IN lists, one PostgreSQL array,
@@ -124,3 +124,21 @@ def foreign_keys_enforced(connection: Connection) -> bool:
     if not backend_of(connection).foreign_keys_need_pragma:
         return True
     return bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())
+
+
+def inherited_table_names(table: Table) -> tuple[str, ...]:
+    """The names of the tables ``table`` inherits from, as recorded on the Table: its
+    ``postgresql_inherits`` option, declared or reflected (SQLAlchemy 2.1 records a
+    partition's partitioned table there, and a child table's parents).  The names are
+    plain (PostgreSQL's ``INHERITS`` takes no schema): the tables are in ``table``'s
+    schema.  Empty when nothing is recorded, on every other dialect, and for tables
+    reflected by SQLAlchemy 2.0 (which does not reflect the option)."""
+    options = table.dialect_options
+    if "postgresql" not in options:  # not looked up otherwise: no dialect imported
+        return ()
+    inherits = options["postgresql"].get("inherits")
+    if inherits is None:
+        return ()
+    if isinstance(inherits, str):  # quoted_name too
+        return (str(inherits),)
+    return tuple(str(name) for name in inherits)

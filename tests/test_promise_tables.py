@@ -36,7 +36,6 @@ from tests.promise_schemas import (
     ENTRY_POINTS,
     built,
     mapped,
-    mark_bugs,
     merge,
     orm_session,
     rows,
@@ -377,15 +376,9 @@ def partitioned(db: Backend, how: str) -> Iterator[tuple[Connection, MetaData]]:
         yield connection, md
 
 
-PARTITION_BUG = {("postgresql", "reflected"): "#13.22: a parent's key listed once per partition"}
-
-
 @pytest.mark.backends("postgresql")
 @pytest.mark.parametrize("how", ["declared", "reflected"])
-def test_partitioned_keys_and_dependents_counted_once(
-    db: Backend, request: pytest.FixtureRequest, how: str
-) -> None:
-    mark_bugs(request, db, PARTITION_BUG, how)
+def test_partitioned_keys_and_dependents_counted_once(db: Backend, how: str) -> None:
     with partitioned(db, how) as (connection, md):
         customer = md.tables["pr22_customer"]
         assert [k.name for k in referencing_keys(customer)] == ["pr22_orders(customer_id)"]
@@ -397,10 +390,7 @@ def test_partitioned_keys_and_dependents_counted_once(
 @pytest.mark.backends("postgresql")
 @pytest.mark.parametrize("how", ["declared", "reflected"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_partitioned_conflicts_listed_once(
-    db: Backend, request: pytest.FixtureRequest, entry: str, how: str
-) -> None:
-    mark_bugs(request, db, PARTITION_BUG, how)
+def test_partitioned_conflicts_listed_once(db: Backend, entry: str, how: str) -> None:
     with partitioned(db, how) as (connection, md):
         customer = md.tables["pr22_customer"]
         cls = mapped(customer)
@@ -414,10 +404,7 @@ def test_partitioned_conflicts_listed_once(
 @pytest.mark.backends("postgresql")
 @pytest.mark.parametrize("how", ["declared", "reflected"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_partitioned_ignore_counts_once(
-    db: Backend, request: pytest.FixtureRequest, entry: str, how: str
-) -> None:
-    mark_bugs(request, db, PARTITION_BUG, how)
+def test_partitioned_ignore_counts_once(db: Backend, entry: str, how: str) -> None:
     with partitioned(db, how) as (connection, md):
         customer, orders = md.tables["pr22_customer"], md.tables["pr22_orders"]
         report = merge(
@@ -429,8 +416,7 @@ def test_partitioned_ignore_counts_once(
 
 @pytest.mark.backends("postgresql")
 @pytest.mark.parametrize("how", ["declared", "reflected"])
-def test_partitioned_orm_dependents(db: Backend, request: pytest.FixtureRequest, how: str) -> None:
-    mark_bugs(request, db, PARTITION_BUG, how)
+def test_partitioned_orm_dependents(db: Backend, how: str) -> None:
     with partitioned(db, how) as (connection, md):
         session = orm_session(connection, "merge_into")
         dupe = session.get(mapped(md.tables["pr22_customer"]), 1)
