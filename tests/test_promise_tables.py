@@ -108,7 +108,7 @@ def test_json_table_without_primary_key(db: Backend, entry: str, on_conflict: st
 
 
 @pytest.mark.parametrize("how", ["row_dependents", "dependents"])
-def test_json_table_without_primary_key_dependents(db: Backend, how: str, layout: str) -> None:
+def test_json_table_without_primary_key_dependents(db: Backend, how: str) -> None:
     md, customer, event_ = events_schema()
     with built(db, md) as connection:
         seed_events(connection, customer, event_)
