@@ -36,6 +36,7 @@ from tests.conftest import Backend
 from tests.promise_schemas import (
     ENTRY_POINTS,
     built,
+    committed,
     mapped,
     merge,
     orm_session,
@@ -491,3 +492,58 @@ def test_partitioned_orm_dependents(db: Backend, how: str, layout: str) -> None:
         dupe = session.get(mapped(md.tables["pr22_customer"]), 1)
         assert dependents(dupe).count() == 2
         assert sorted(r.id for r in dependents(dupe)) == [1, 3]
+
+
+def _statements_on(engine: Any, found: list[str]) -> Any:
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        found.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    return seen
+
+
+@pytest.mark.backends("postgresql")
+def test_partitions_reflected_through_an_engine_read_the_catalog_once(db: Backend) -> None:
+    """On SQLAlchemy 2.0, which does not reflect ``postgresql_inherits``, the partitions'
+    parents come from one catalog query per reflection; merges and counts ask none."""
+    md = MetaData()
+    customer_table(md, "pr22_customer")
+    orders_table(md, "pr22_orders", postgresql_partition_by="LIST (region)")
+    names = ["pr22_customer", "pr22_orders", "pr22_orders_eu", "pr22_orders_us"]
+    with committed(db, md, {md.tables["pr22_customer"]: [{"id": 1}, {"id": 2}]}):
+        with db.engine.begin() as connection:
+            for name, region in (("pr22_orders_eu", "eu"), ("pr22_orders_us", "us")):
+                connection.execute(
+                    text(f"CREATE TABLE {name} PARTITION OF pr22_orders FOR VALUES IN ('{region}')")
+                )
+        statements: list[str] = []
+        listener = _statements_on(db.engine, statements)
+        try:
+            reflected = MetaData()
+            reflected.reflect(db.engine, only=names)
+            during_reflection = len([s for s in statements if "pg_inherits i" in s])
+            one = MetaData()  # a table at a time, each with an inspector of its own
+            for name in names:
+                Table(name, one, autoload_with=db.engine)
+            del statements[:]
+            for tables in (reflected, one):
+                customer = tables.tables["pr22_customer"]
+                assert [k.name for k in referencing_keys(customer)] == ["pr22_orders(customer_id)"]
+            with db.engine.begin() as connection:
+                seed(
+                    connection,
+                    {
+                        reflected.tables["pr22_orders"]: [
+                            {"id": 1, "region": "eu", "customer_id": 1, "sku": "tea"},
+                            {"id": 2, "region": "us", "customer_id": 1, "sku": "cup"},
+                        ]
+                    },
+                )
+                customer = reflected.tables["pr22_customer"]
+                assert row_dependents(connection, customer, 1).count() == 2
+                report = merge("merge_rows", connection, customer, 1, 2)
+                assert report.rowcount == 2
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listener)
+        assert during_reflection <= 1
+        assert not [s for s in statements if "pg_inherits" in s or "pg_class" in s]
