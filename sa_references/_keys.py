@@ -242,7 +242,11 @@ def _key_shape(fk: ForeignKeyConstraint) -> _KeyShape | None:
     return referred, pairs, (fk.ondelete or "").upper(), (fk.onupdate or "").upper()
 
 
-def _unique_shapes(keys: Iterable[UniqueKey]) -> set[tuple[frozenset[str], bool]]:
+#: a unique key by its column names, and whether NULLs clash
+_UniqueShape = tuple[frozenset[str], bool]
+
+
+def _unique_shapes(keys: Iterable[UniqueKey]) -> set[_UniqueShape]:
     return {(frozenset(c.name for c in u.columns), u.nulls_not_distinct) for u in keys}
 
 
@@ -258,6 +262,18 @@ def _inherited_copies(metadata: MetaData) -> set[ForeignKeyConstraint]:
     since only a key of its own checks that one before re-pointing.
     """
     found: set[ForeignKeyConstraint] = set()
+    #: per parent: the shapes of its keys, and of its unique keys
+    parent_shapes: dict[Table, tuple[set[_KeyShape | None], set[_UniqueShape]]] = {}
+
+    def is_copy(shape: _KeyShape, own: set[_UniqueShape], parent: Table) -> bool:
+        if parent not in parent_shapes:
+            parent_shapes[parent] = (
+                {_key_shape(other) for other in parent.foreign_key_constraints},
+                _unique_shapes(_unique_keys(parent)),
+            )
+        keys, unique = parent_shapes[parent]
+        return shape in keys and own <= unique
+
     for table in metadata.tables.values():
         prefix = f"{table.schema}." if table.schema else ""
         parents = [
@@ -274,11 +290,7 @@ def _inherited_copies(metadata: MetaData) -> set[ForeignKeyConstraint]:
                 continue
             columns = {c.name for c in fk.columns}
             own = _unique_shapes(u for u in unique_keys if columns & {c.name for c in u.columns})
-            if any(
-                any(_key_shape(other) == shape for other in parent.foreign_key_constraints)
-                and own <= _unique_shapes(_unique_keys(parent))
-                for parent in parents
-            ):
+            if any(is_copy(shape, own, parent) for parent in parents):
                 found.add(fk)
     return found
 
