@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Connection
-from sqlalchemy.engine import Dialect
+import sqlalchemy
+from sqlalchemy import Connection, Table, event, text
+from sqlalchemy.engine import Dialect, Inspector
 
 #: how many primary keys one locking SELECT passes: IN lists, one PostgreSQL array,
 #: one MySQL JSON array of integers
@@ -124,3 +125,64 @@ def foreign_keys_enforced(connection: Connection) -> bool:
     if not backend_of(connection).foreign_keys_need_pragma:
         return True
     return bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())
+
+
+def inherited_table_names(table: Table) -> tuple[str, ...]:
+    """The names of the tables ``table`` inherits from (PostgreSQL): a partition's
+    partitioned table, a child table's parents.
+
+    Read from the Table: its ``postgresql_inherits`` option, declared or reflected
+    (SQLAlchemy 2.1 reflects it), else what reflection on SQLAlchemy 2.0 found in the
+    catalog (see :func:`_note_reflected_inherits`).  The names are plain (PostgreSQL's
+    ``INHERITS`` takes no schema): the tables are in ``table``'s schema.  Empty when
+    nothing is recorded, and on every other dialect.
+    """
+    options = table.dialect_options
+    # looked up only when present: no dialect's options are loaded for nothing
+    inherits = options["postgresql"].get("inherits") if "postgresql" in options else None
+    if inherits is None:
+        recorded: tuple[str, ...] = table.info.get(_INHERITS, ())
+        return recorded
+    if isinstance(inherits, str):  # quoted_name too
+        return (str(inherits),)
+    return tuple(str(name) for name in inherits)
+
+
+#: Table.info key of the parents a reflected table has in the catalog (SQLAlchemy 2.0)
+_INHERITS = "sa_references.inherits"
+
+#: every table that inherits, with its parents (PostgreSQL's names, as SQLAlchemy 2.1
+#: reflects them)
+_PG_INHERITS = text(
+    "SELECT n.nspname::text, c.relname::text, "
+    "array_agg(p.relname::text ORDER BY i.inhseqno) "
+    "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_class p ON p.oid = i.inhparent "
+    "GROUP BY n.nspname, c.relname"
+)
+
+
+def _note_reflected_inherits(inspector: Inspector, table: Table, _column: Any) -> None:
+    """``column_reflect`` on SQLAlchemy 2.0, which does not reflect ``postgresql_inherits``:
+    record a reflected table's parents in ``table.info``, from one catalog query per
+    Inspector (one per ``MetaData.reflect()``), on PostgreSQL only."""
+    if _INHERITS in table.info or not backend_of(inspector.dialect).partitions_repeat_foreign_keys:
+        return
+    found: dict[tuple[str, str], tuple[str, ...]] | None = inspector.info_cache.get(_INHERITS)
+    if found is None:
+        bind = inspector.bind
+        if isinstance(bind, Connection):
+            rows = list(bind.execute(_PG_INHERITS))
+        else:
+            with bind.connect() as connection:
+                rows = list(connection.execute(_PG_INHERITS))
+        found = inspector.info_cache[_INHERITS] = {
+            (schema, name): tuple(parents) for schema, name, parents in rows
+        }
+    schema = table.schema or inspector.default_schema_name
+    table.info[_INHERITS] = found.get((schema or "", table.name), ())
+
+
+#: SQLAlchemy 2.1 reflects a PostgreSQL table's parents (``postgresql_inherits``), 2.0 not
+if tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2]) < (2, 1):
+    event.listen(Table, "column_reflect", _note_reflected_inherits)

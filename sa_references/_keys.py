@@ -29,6 +29,7 @@ from sqlalchemy.orm import Mapper, registry
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 
+from ._backend import inherited_table_names
 from ._compat import all_registries
 
 AnyColumn = Column[Any]
@@ -227,6 +228,73 @@ def _inheritance_constraints(mappers: Iterable[Mapper[Any]]) -> set[ForeignKeyCo
     return found
 
 
+#: what makes two foreign keys the same reference: referred table, column pairs by name
+#: and the ON DELETE / ON UPDATE rules
+_KeyShape = tuple[Table, frozenset[tuple[str, str]], str, str]
+
+
+def _key_shape(fk: ForeignKeyConstraint) -> _KeyShape | None:
+    try:
+        referred = fk.referred_table
+        pairs = frozenset((e.parent.name, e.column.name) for e in fk.elements)
+    except NoReferencedTableError:
+        return None
+    return referred, pairs, (fk.ondelete or "").upper(), (fk.onupdate or "").upper()
+
+
+#: a unique key by its column names, and whether NULLs clash
+_UniqueShape = tuple[frozenset[str], bool]
+
+
+def _unique_shapes(keys: Iterable[UniqueKey]) -> set[_UniqueShape]:
+    return {(frozenset(c.name for c in u.columns), u.nulls_not_distinct) for u in keys}
+
+
+def _inherited_copies(metadata: MetaData) -> set[ForeignKeyConstraint]:
+    """Foreign keys of a partition (or an inheriting table) that are copies of a key of
+    the table it inherits from, when both tables are in ``metadata``.
+
+    PostgreSQL gives each partition a copy of its partitioned table's keys, and
+    reflection lists them; but the partitioned table's rows *are* its partitions' rows
+    (an UPDATE or SELECT of it reaches them), so following the copies too would count,
+    list and check every row twice.  A copy is the same reference (:func:`_key_shape`);
+    it is kept when its table holds a unique key over its columns that the parent lacks,
+    since only a key of its own checks that one before re-pointing.
+    """
+    found: set[ForeignKeyConstraint] = set()
+    #: per parent: the shapes of its keys, and of its unique keys
+    parent_shapes: dict[Table, tuple[set[_KeyShape | None], set[_UniqueShape]]] = {}
+
+    def is_copy(shape: _KeyShape, own: set[_UniqueShape], parent: Table) -> bool:
+        if parent not in parent_shapes:
+            parent_shapes[parent] = (
+                {_key_shape(other) for other in parent.foreign_key_constraints},
+                _unique_shapes(_unique_keys(parent)),
+            )
+        keys, unique = parent_shapes[parent]
+        return shape in keys and own <= unique
+
+    for table in metadata.tables.values():
+        prefix = f"{table.schema}." if table.schema else ""
+        parents = [
+            parent
+            for name in inherited_table_names(table)
+            if (parent := metadata.tables.get(prefix + name)) is not None
+        ]
+        if not parents:
+            continue
+        unique_keys = _unique_keys(table)
+        for fk in table.foreign_key_constraints:
+            shape = _key_shape(fk)
+            if shape is None:
+                continue
+            columns = {c.name for c in fk.columns}
+            own = _unique_shapes(u for u in unique_keys if columns & {c.name for c in u.columns})
+            if any(is_copy(shape, own, parent) for parent in parents):
+                found.add(fk)
+    return found
+
+
 def _shared_columns(table: Table, fk: ForeignKeyConstraint) -> tuple[tuple[int, str], ...]:
     """See :attr:`ReferencingKey.shared`: rewriting such a column would silently change
     what another key of the row references (multi-tenant ``tenant_id``), or move the row
@@ -263,7 +331,7 @@ class ReferenceGraph:
             ),
             key=lambda m: (m.class_.__module__, m.class_.__qualname__),
         )
-        skip = _inheritance_constraints(self.mappers)
+        skip = _inheritance_constraints(self.mappers) | _inherited_copies(metadata)
         by_referred: dict[Table, list[ReferencingKey]] = {}
         for table in metadata.tables.values():
             unique_keys = _unique_keys(table)

@@ -506,6 +506,133 @@ def test_foreign_key_to_a_table_outside_the_metadata_is_ignored() -> None:
     assert names(referencing_keys(md.tables["parent"])) == ["child(parent_id)"]
 
 
+# -- PostgreSQL partitions and inheriting tables (#13.22) ----------------------------
+
+
+def order_table(
+    md: MetaData, name: str, *extra: Any, fk_name: str | None = None, **options: Any
+) -> Table:
+    return Table(
+        name,
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("region", String(2), primary_key=True),
+        Column("customer_id", Integer),
+        Column("code", String(10)),
+        ForeignKeyConstraint(["customer_id"], ["customer.id"], name=fk_name),
+        *extra,
+        **options,
+    )
+
+
+def partitioned_metadata(schema: str | None = None) -> MetaData:
+    md = MetaData(schema=schema)
+    Table("customer", md, Column("id", Integer, primary_key=True))
+    order_table(md, "orders", postgresql_partition_by="LIST (region)")
+    return md
+
+
+def customer_keys(md: MetaData) -> list[str]:
+    prefix = f"{md.schema}." if md.schema else ""
+    return names(referencing_keys(md.tables[prefix + "customer"]))
+
+
+def test_a_partitions_copy_of_its_parents_key_is_not_followed() -> None:
+    md = partitioned_metadata()
+    order_table(md, "orders_eu", postgresql_inherits="orders", fk_name="other_name")
+    order_table(md, "orders_us", postgresql_inherits=("orders",))
+    assert customer_keys(md) == ["orders(customer_id)"]
+
+
+def test_nested_partitions_are_not_followed() -> None:
+    md = partitioned_metadata()
+    order_table(
+        md, "orders_eu", postgresql_inherits="orders", postgresql_partition_by="LIST (region)"
+    )
+    order_table(md, "orders_eu_fr", postgresql_inherits="orders_eu")
+    assert customer_keys(md) == ["orders(customer_id)"]
+
+
+def test_partitions_in_a_schema() -> None:
+    md = partitioned_metadata(schema="shop")
+    order_table(md, "orders_eu", postgresql_inherits="orders")
+    assert customer_keys(md) == ["shop.orders(customer_id)"]
+
+
+def test_a_partition_with_a_unique_key_of_its_own_keeps_its_key() -> None:
+    """Only a key of the partition's own checks its unique key before re-pointing."""
+    md = partitioned_metadata()
+    order_table(md, "orders_eu", UniqueConstraint("customer_id"), postgresql_inherits="orders")
+    # a unique key over other columns is no concern of the customer key
+    order_table(md, "orders_us", UniqueConstraint("code"), postgresql_inherits="orders")
+    assert customer_keys(md) == ["orders(customer_id)", "orders_eu(customer_id)"]
+    (eu_key,) = [k for k in referencing_keys(md.tables["customer"]) if k.table.name == "orders_eu"]
+    assert [column_names(u.columns) for u in eu_key.unique_keys] == [("customer_id",)]
+
+
+def test_a_partitions_unique_key_its_parent_has_too_is_covered() -> None:
+    md = MetaData()
+    Table("customer", md, Column("id", Integer, primary_key=True))
+    order_table(md, "orders", UniqueConstraint("customer_id", "region", name="uq_orders"))
+    order_table(
+        md, "orders_eu", UniqueConstraint("region", "customer_id"), postgresql_inherits="orders"
+    )
+    assert customer_keys(md) == ["orders(customer_id)"]
+
+
+def test_a_partitions_other_keys_are_followed() -> None:
+    md = partitioned_metadata()
+    Table("coupon", md, Column("id", Integer, primary_key=True))
+    Table("shop", md, Column("id", Integer, primary_key=True))
+    order_table(
+        md,
+        "orders_eu",
+        Column("coupon_id", ForeignKey("coupon.id")),  # a key of its own
+        ForeignKeyConstraint(["code"], ["customer.id"]),  # same table, other columns
+        postgresql_inherits="orders",
+    )
+    assert customer_keys(md) == ["orders(customer_id)", "orders_eu(code)"]
+    assert names(referencing_keys(md.tables["coupon"])) == ["orders_eu(coupon_id)"]
+
+
+def test_a_key_with_other_rules_than_the_parents_is_followed() -> None:
+    md = partitioned_metadata()
+    Table(
+        "orders_eu",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("customer_id", ForeignKey("customer.id", ondelete="CASCADE")),
+        postgresql_inherits="orders",
+    )
+    assert customer_keys(md) == ["orders(customer_id)", "orders_eu(customer_id)"]
+
+
+def test_a_parent_outside_the_metadata_leaves_the_key_alone() -> None:
+    md = MetaData()
+    Table("customer", md, Column("id", Integer, primary_key=True))
+    order_table(md, "orders_eu", postgresql_inherits="orders")
+    assert customer_keys(md) == ["orders_eu(customer_id)"]
+
+
+def test_same_keys_on_tables_that_inherit_nothing_are_all_followed() -> None:
+    md = partitioned_metadata()
+    order_table(md, "orders_archive", fk_name="fk_orders_customer")
+    order_table(md, "orders_copy", fk_name="fk_orders_customer", postgresql_inherits=())
+    assert customer_keys(md) == [
+        "orders(customer_id)",
+        "orders_archive(customer_id)",
+        "orders_copy(customer_id)",
+    ]
+
+
+def test_a_partition_added_later_is_picked_up() -> None:
+    md = partitioned_metadata()
+    assert customer_keys(md) == ["orders(customer_id)"]
+    order_table(md, "orders_eu", postgresql_inherits="orders")
+    order_table(md, "orders_us")
+    assert customer_keys(md) == ["orders(customer_id)", "orders_us(customer_id)"]
+
+
 def test_subclass_table_with_a_key_outside_the_metadata(registries: list[registry]) -> None:
     md = MetaData()
     Table("base", md, Column("id", Integer, primary_key=True), Column("kind", String(10)))

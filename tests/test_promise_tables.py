@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     Connection,
     ForeignKey,
+    ForeignKeyConstraint,
     Integer,
     MetaData,
     String,
@@ -35,8 +36,8 @@ from tests.conftest import Backend
 from tests.promise_schemas import (
     ENTRY_POINTS,
     built,
+    committed,
     mapped,
-    mark_bugs,
     merge,
     orm_session,
     rows,
@@ -338,31 +339,95 @@ def test_nulls_not_distinct_clash_resolved(
 
 # -- #13.22: PostgreSQL partitioned tables ----------------------------------------------------
 
-PARTITIONS = ("pr22_orders_eu", "pr22_orders_us")
+#: how the partitions are laid out: two partitions; the first one partitioned again
+#: (nested); the parent's key explicitly named and the second partition made on its own,
+#: with a key of another name, then attached
+LAYOUTS = ("flat", "nested", "named")
+#: only the partitioned table declared (the partitions unknown to the MetaData), every
+#: table reflected, or the partitions declared too, with ``postgresql_inherits``
+HOWS = ("declared", "reflected", "declared_partitions")
+
+#: each layout's partitions: name, parent, bounds, how it is partitioned again
+_PARTITIONS: dict[str, list[tuple[str, str, str, str | None]]] = {
+    "flat": [
+        ("pr22_orders_eu", "pr22_orders", "IN ('eu')", None),
+        ("pr22_orders_us", "pr22_orders", "IN ('us')", None),
+    ],
+    "nested": [
+        ("pr22_orders_eu", "pr22_orders", "IN ('eu', 'fr')", "LIST (region)"),
+        ("pr22_orders_eu_eu", "pr22_orders_eu", "IN ('eu')", None),
+        ("pr22_orders_eu_fr", "pr22_orders_eu", "IN ('fr')", None),
+        ("pr22_orders_us", "pr22_orders", "IN ('us')", None),
+    ],
+    "named": [
+        ("pr22_orders_eu", "pr22_orders", "IN ('eu')", None),
+        ("pr22_orders_us", "pr22_orders", "IN ('us')", None),  # attached
+    ],
+}
 
 
-@contextlib.contextmanager
-def partitioned(db: Backend, how: str) -> Iterator[tuple[Connection, MetaData]]:
-    md = MetaData()
-    customer_table(md, "pr22_customer")
-    Table(
-        "pr22_orders",
+def orders_table(md: MetaData, name: str, fk_name: str | None = None, **options: Any) -> Table:
+    return Table(
+        name,
         md,
         Column("id", Integer, primary_key=True, autoincrement=False),
         Column("region", String(2), primary_key=True),
-        Column("customer_id", Integer, ForeignKey("pr22_customer.id"), nullable=False),
+        Column("customer_id", Integer, nullable=False),
         Column("sku", String(10), nullable=False),
-        UniqueConstraint("customer_id", "sku", "region", name="uq_pr22_orders_sku"),
-        postgresql_partition_by="LIST (region)",
+        ForeignKeyConstraint(["customer_id"], ["pr22_customer.id"], name=fk_name),
+        UniqueConstraint("customer_id", "sku", "region", name=f"uq_{name}_sku"),
+        **options,
     )
+
+
+def _fk_name(layout: str, table: str) -> str | None:
+    if layout != "named":
+        return None
+    return "fk_pr22_us_customer" if table == "pr22_orders_us" else "fk_pr22_orders_customer"
+
+
+@contextlib.contextmanager
+def partitioned(
+    db: Backend, how: str, layout: str = "flat"
+) -> Iterator[tuple[Connection, MetaData]]:
+    partitions = _PARTITIONS[layout]
+    md = MetaData()
+    customer_table(md, "pr22_customer")
+    parent_fk = _fk_name(layout, "pr22_orders")
+    orders_table(md, "pr22_orders", parent_fk, postgresql_partition_by="LIST (region)")
     with built(db, md) as connection:
-        for name, region in zip(PARTITIONS, ("eu", "us")):
-            connection.execute(
-                text(f"CREATE TABLE {name} PARTITION OF pr22_orders FOR VALUES IN ('{region}')")
+        for name, parent, bounds, sub in partitions:
+            by = f" PARTITION BY {sub}" if sub else ""
+            if _fk_name(layout, name) == parent_fk:
+                connection.execute(
+                    text(f"CREATE TABLE {name} PARTITION OF {parent} FOR VALUES {bounds}{by}")
+                )
+                continue
+            connection.execute(  # a table of its own, with its own key, attached
+                text(
+                    f"CREATE TABLE {name} (id INTEGER NOT NULL, region VARCHAR(2) NOT NULL, "
+                    "customer_id INTEGER NOT NULL, sku VARCHAR(10) NOT NULL, "
+                    f"PRIMARY KEY (id, region), CONSTRAINT {_fk_name(layout, name)} "
+                    "FOREIGN KEY (customer_id) REFERENCES pr22_customer (id))"
+                )
             )
+            connection.execute(
+                text(f"ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES {bounds}")
+            )
+        names = [name for name, _, _, _ in partitions]
         if how == "reflected":
             md = MetaData()
-            md.reflect(connection, only=["pr22_customer", "pr22_orders", *PARTITIONS])
+            md.reflect(connection, only=["pr22_customer", "pr22_orders", *names])
+            assert {len(md.tables[name].foreign_keys) for name in names} == {1}
+        elif how == "declared_partitions":
+            md = MetaData()
+            customer_table(md, "pr22_customer")
+            orders_table(md, "pr22_orders", parent_fk, postgresql_partition_by="LIST (region)")
+            for name, parent, _, sub in partitions:
+                options = {"postgresql_partition_by": sub} if sub else {}
+                orders_table(
+                    md, name, _fk_name(layout, name), postgresql_inherits=parent, **options
+                )
         seed(
             connection,
             {
@@ -377,16 +442,11 @@ def partitioned(db: Backend, how: str) -> Iterator[tuple[Connection, MetaData]]:
         yield connection, md
 
 
-PARTITION_BUG = {("postgresql", "reflected"): "#13.22: a parent's key listed once per partition"}
-
-
 @pytest.mark.backends("postgresql")
-@pytest.mark.parametrize("how", ["declared", "reflected"])
-def test_partitioned_keys_and_dependents_counted_once(
-    db: Backend, request: pytest.FixtureRequest, how: str
-) -> None:
-    mark_bugs(request, db, PARTITION_BUG, how)
-    with partitioned(db, how) as (connection, md):
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("how", HOWS)
+def test_partitioned_keys_and_dependents_counted_once(db: Backend, how: str, layout: str) -> None:
+    with partitioned(db, how, layout) as (connection, md):
         customer = md.tables["pr22_customer"]
         assert [k.name for k in referencing_keys(customer)] == ["pr22_orders(customer_id)"]
         found = row_dependents(connection, customer, 1)
@@ -395,13 +455,11 @@ def test_partitioned_keys_and_dependents_counted_once(
 
 
 @pytest.mark.backends("postgresql")
-@pytest.mark.parametrize("how", ["declared", "reflected"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_partitioned_conflicts_listed_once(
-    db: Backend, request: pytest.FixtureRequest, entry: str, how: str
-) -> None:
-    mark_bugs(request, db, PARTITION_BUG, how)
-    with partitioned(db, how) as (connection, md):
+def test_partitioned_conflicts_listed_once(db: Backend, entry: str, how: str, layout: str) -> None:
+    with partitioned(db, how, layout) as (connection, md):
         customer = md.tables["pr22_customer"]
         cls = mapped(customer)
         before = snapshot(connection, md)
@@ -412,13 +470,11 @@ def test_partitioned_conflicts_listed_once(
 
 
 @pytest.mark.backends("postgresql")
-@pytest.mark.parametrize("how", ["declared", "reflected"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_partitioned_ignore_counts_once(
-    db: Backend, request: pytest.FixtureRequest, entry: str, how: str
-) -> None:
-    mark_bugs(request, db, PARTITION_BUG, how)
-    with partitioned(db, how) as (connection, md):
+def test_partitioned_ignore_counts_once(db: Backend, entry: str, how: str, layout: str) -> None:
+    with partitioned(db, how, layout) as (connection, md):
         customer, orders = md.tables["pr22_customer"], md.tables["pr22_orders"]
         report = merge(
             entry, connection, customer, 1, 2, cls=mapped(customer), on_conflict="ignore"
@@ -428,11 +484,66 @@ def test_partitioned_ignore_counts_once(
 
 
 @pytest.mark.backends("postgresql")
-@pytest.mark.parametrize("how", ["declared", "reflected"])
-def test_partitioned_orm_dependents(db: Backend, request: pytest.FixtureRequest, how: str) -> None:
-    mark_bugs(request, db, PARTITION_BUG, how)
-    with partitioned(db, how) as (connection, md):
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("how", HOWS)
+def test_partitioned_orm_dependents(db: Backend, how: str, layout: str) -> None:
+    with partitioned(db, how, layout) as (connection, md):
         session = orm_session(connection, "merge_into")
         dupe = session.get(mapped(md.tables["pr22_customer"]), 1)
         assert dependents(dupe).count() == 2
         assert sorted(r.id for r in dependents(dupe)) == [1, 3]
+
+
+def _statements_on(engine: Any, found: list[str]) -> Any:
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        found.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    return seen
+
+
+@pytest.mark.backends("postgresql")
+def test_partitions_reflected_through_an_engine_read_the_catalog_once(db: Backend) -> None:
+    """On SQLAlchemy 2.0, which does not reflect ``postgresql_inherits``, the partitions'
+    parents come from one catalog query per reflection; merges and counts ask none."""
+    md = MetaData()
+    customer_table(md, "pr22_customer")
+    orders_table(md, "pr22_orders", postgresql_partition_by="LIST (region)")
+    names = ["pr22_customer", "pr22_orders", "pr22_orders_eu", "pr22_orders_us"]
+    with committed(db, md, {md.tables["pr22_customer"]: [{"id": 1}, {"id": 2}]}):
+        with db.engine.begin() as connection:
+            for name, region in (("pr22_orders_eu", "eu"), ("pr22_orders_us", "us")):
+                connection.execute(
+                    text(f"CREATE TABLE {name} PARTITION OF pr22_orders FOR VALUES IN ('{region}')")
+                )
+        statements: list[str] = []
+        listener = _statements_on(db.engine, statements)
+        try:
+            reflected = MetaData()
+            reflected.reflect(db.engine, only=names)
+            during_reflection = len([s for s in statements if "pg_inherits i" in s])
+            one = MetaData()  # a table at a time, each with an inspector of its own
+            for name in names:
+                Table(name, one, autoload_with=db.engine)
+            del statements[:]
+            for tables in (reflected, one):
+                customer = tables.tables["pr22_customer"]
+                assert [k.name for k in referencing_keys(customer)] == ["pr22_orders(customer_id)"]
+            with db.engine.begin() as connection:
+                seed(
+                    connection,
+                    {
+                        reflected.tables["pr22_orders"]: [
+                            {"id": 1, "region": "eu", "customer_id": 1, "sku": "tea"},
+                            {"id": 2, "region": "us", "customer_id": 1, "sku": "cup"},
+                        ]
+                    },
+                )
+                customer = reflected.tables["pr22_customer"]
+                assert row_dependents(connection, customer, 1).count() == 2
+                report = merge("merge_rows", connection, customer, 1, 2)
+                assert report.rowcount == 2
+        finally:
+            event.remove(db.engine, "before_cursor_execute", listener)
+        assert during_reflection <= 1
+        assert not [s for s in statements if "pg_inherits" in s or "pg_class" in s]
