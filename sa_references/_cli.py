@@ -49,6 +49,7 @@ from ._cli_input import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    EXIT_WOULD_FAIL,
     URL_ENV_VAR,
     CommandError,
     Declined,
@@ -67,6 +68,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "EXIT_WOULD_FAIL",
     "URL_ENV_VAR",
     "CommandError",
     "Declined",
@@ -83,7 +85,8 @@ KEY: primary key values in column order, comma-separated ("17", "TEA,M");
 quote a value holding a comma CSV-style ('"Smith, Ada",3').
 
 exit status: 0 success, 1 error (nothing changed), 2 usage error,
-3 merge not confirmed, 4 merge committed but its output failed, 130 interrupted.
+3 merge not confirmed, 4 merge committed but its output failed,
+5 dry run of a merge that would fail, 130 interrupted.
 See `python -m pydoc sa_references.cli` for the commands and the --json formats.
 """
 
@@ -361,7 +364,7 @@ def run_merge(args: argparse.Namespace) -> int:
             confirm=ask,
         )
     write_output(lambda out: write_merge(result, out, args.json), committed=result.committed)
-    return EXIT_OK
+    return EXIT_WOULD_FAIL if result.refusal is not None else EXIT_OK
 
 
 def require_terminal() -> None:
@@ -381,7 +384,7 @@ class Prompt:
 
     def __call__(self, plan: MergeResult | PairsResult) -> bool:
         write_merge(plan, sys.stderr if self.as_json else sys.stdout)
-        plan.refuse_conflicts()
+        plan.refuse()
         print("Apply this merge? [y/N] ", end="", file=sys.stderr, flush=True)
         return read_answer().strip().lower() in ("y", "yes")
 
@@ -398,11 +401,12 @@ def read_answer() -> str:
 
 
 class Progress:
-    """``merged 2000/5000 pairs (40%)``, rewritten in place on a terminal's stderr."""
+    """``merged 2000/5000 pairs (40%)`` (or ``planned``), rewritten in place on a
+    terminal's stderr."""
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, phase: str, done: int, total: int) -> None:
         percent = 100 * done // total if total else 100
-        sys.stderr.write(f"\rmerged {done}/{total} pairs ({percent}%)")
+        sys.stderr.write(f"\r{phase} {done}/{total} pairs ({percent}%)")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()

@@ -12,7 +12,7 @@ They are public as :mod:`sa_references.command`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from ._cli_input import (
     Declined,
     Values,
     database,
+    key_text,
     key_values,
     read_pairs,
     reflect_table,
@@ -32,8 +33,15 @@ from ._dependents import row_dependents
 from ._keys import ReferencingKey, referencing_keys
 from ._merge import merge_many, merge_rows
 from ._options import DEFAULT_OPTIONS, MergeOptions
-from ._report import BatchReport, Conflict, KeyResult, total_cascades
-from .exc import MergeConflictError
+from ._pairs import resolve_chains
+from ._report import Conflict, KeyResult, total_cascades
+from .exc import (
+    ConcurrentMergeError,
+    MergeConflictError,
+    ReferencesError,
+    RowNotFoundError,
+    SelfReferenceError,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -113,6 +121,9 @@ class _Totals:
     keys: tuple[KeyResult, ...]
     #: the merge's transaction was committed
     committed: bool = False
+    #: in a plan: the self-reference the merge would refuse (the plan then counts the
+    #: references as if ``on_self_reference="null"`` had been given)
+    refused: SelfReferenceError | None = field(default=None, compare=False, repr=False)
 
     @property
     def rowcount(self) -> int:
@@ -134,11 +145,20 @@ class _Totals:
     def conflicts(self) -> list[Conflict]:
         return [c for r in self.keys for c in r.conflicts]
 
-    def refuse_conflicts(self) -> None:
-        """Raise :class:`MergeConflictError` when this plan cannot run (conflicts under
-        ``on_conflict="raise"``)."""
+    @property
+    def refusal(self) -> ReferencesError | None:
+        """In a plan: the error the merge itself would raise (a self-reference under
+        ``on_self_reference="raise"``, conflicts under ``on_conflict="raise"``), or None."""
+        if self.refused is not None:
+            return self.refused
         if self.options.on_conflict == "raise" and self.conflicts:
-            raise MergeConflictError(self.conflicts)
+            return MergeConflictError(self.conflicts)
+        return None
+
+    def refuse(self) -> None:
+        """Raise :attr:`refusal`, when this plan cannot run."""
+        if self.refusal is not None:
+            raise self.refusal
 
     def outcome(self) -> list[tuple[Any, ...]]:
         """Per key: counts, the clashing rows and the cleared ones (to compare a run with
@@ -176,6 +196,8 @@ class PairsResult(_Totals):
     batches: int = 0
     #: the (source, final target) pairs, chains resolved, in the order they run
     resolved: tuple[Pair, ...] = field(default=(), repr=False)
+    #: per key read from a CSV file: its role (source or target) and first line
+    lines: Mapping[Values, tuple[str, int]] = field(default_factory=dict, repr=False)
 
 
 def _rows(conflicts: Iterable[Conflict]) -> list[Values]:
@@ -254,16 +276,32 @@ def merge(
 def _merge_one(
     connection: Connection, table: Table, pair: Pair, options: MergeOptions, dry_run: bool
 ) -> MergeResult:
-    report = merge_rows(
-        connection, table, pair[0], pair[1], dry_run=dry_run, **_engine_options(options)
+    """The merge of one pair, or its plan: a plan the merge would refuse for a
+    self-reference is made as if the reference were cleared, and says so (``refused``)."""
+    engine_options = _engine_options(options)
+    refused = None
+    try:
+        report = merge_rows(connection, table, pair[0], pair[1], dry_run=dry_run, **engine_options)
+    except SelfReferenceError as error:
+        if not dry_run:
+            raise
+        refused, engine_options["on_self_reference"] = error, "null"
+        report = merge_rows(connection, table, pair[0], pair[1], dry_run=True, **engine_options)
+    return MergeResult(
+        table,
+        options,
+        dry_run,
+        tuple(report.keys),
+        source=pair[0],
+        target=pair[1],
+        refused=refused,
     )
-    return MergeResult(table, options, dry_run, tuple(report.keys), source=pair[0], target=pair[1])
 
 
 def _ask(confirm: Callable[[R], bool] | None, plan: R) -> None:
     if confirm is not None and not confirm(plan):
         raise Declined("merge not confirmed; nothing changed")
-    plan.refuse_conflicts()
+    plan.refuse()
 
 
 def _check_as_planned(plan: _Totals | None, result: _Totals) -> None:
@@ -293,7 +331,7 @@ def merge_pairs(
     batch_size: int = DEFAULT_BATCH_SIZE,
     schema: str | None = None,
     confirm: Callable[[PairsResult], bool] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> PairsResult:
     """Merge every (source, target) pair (a CSV file with a header ``source,target``, or
     key pairs), chains resolved, ``batch_size`` pairs per ``merge_many`` call, all in one
@@ -301,28 +339,32 @@ def merge_pairs(
 
     The plan (``options.dry_run``, or what ``confirm`` is shown) is the batched run
     itself, rehearsed in a transaction that is rolled back: the rows it lists as
-    deleted or left are the ones the run deletes or leaves.  ``progress(done, total)``
-    is called after each batch of the run.
+    deleted or left are the ones the run deletes or leaves.  Without ``confirm`` the
+    pairs run once, unplanned: a conflict under ``on_conflict="raise"`` in any batch
+    rolls the whole run back.  ``progress(phase, done, total)`` is called after each
+    batch, with ``phase`` ``"planned"`` while rehearsing and ``"merged"`` while running.
+    A key without a row is reported with the CSV file's line.
     """
     _check_batch_size(batch_size)
     with database(url) as engine:
-        plan = None
-        if options.dry_run or confirm is not None:
-            with engine.connect() as connection:
-                whole = _read(connection, table, schema, pairs, options)
-                plan = _rehearse(connection, whole, batch_size)
-                connection.rollback()
-            if options.dry_run:
-                return plan
-            _ask(confirm, plan)
-        with engine.begin() as connection:
-            read = plan
-            if read is None:  # not shown: the pairs as read, refused on conflicts in one batch
-                read = _read(connection, table, schema, pairs, options)
-                read.refuse_conflicts()
-            result = _apply(connection, read.table, read.resolved, options, batch_size, progress)
-            _check_as_planned(plan, result)
-    return replace(result, pairs=read.pairs, origin=read.origin, committed=True)
+        with engine.connect() as connection:
+            read = _read(connection, table, schema, pairs, options)
+        try:
+            plan = None
+            if options.dry_run or confirm is not None:
+                with engine.connect() as connection:
+                    plan = _rehearse(connection, read, batch_size, progress)
+                    connection.rollback()
+                if options.dry_run:
+                    return plan
+                _ask(confirm, plan)
+            with engine.begin() as connection:
+                result = _apply(connection, read, batch_size, progress)
+                _check_as_planned(plan, result)
+        except RowNotFoundError as error:
+            _name_the_line(error, read)
+            raise
+    return replace(result, committed=True)
 
 
 def _origin(pairs: Path | Iterable[tuple[Any, Any]]) -> str:
@@ -336,77 +378,93 @@ def _read(
     pairs: Path | Iterable[tuple[Any, Any]],
     options: MergeOptions,
 ) -> PairsResult:
-    """Read the pairs and dry-run them all at once: chains resolved, cycles refused; the
-    result holds the resolved pairs (and, under ``raise``, the conflicts of running
-    them in one batch)."""
+    """The pairs, read and resolved (chains followed, cycles refused); nothing runs."""
     reflected = reflect_table(connection, table, schema, check=True)
+    lines: dict[Values, tuple[str, int]] = {}
     if isinstance(pairs, Path):
-        keyed = read_pairs(pairs, reflected)
+        keyed = read_pairs(pairs, reflected, lines)
     else:
         keyed = [(key_values(reflected, s), key_values(reflected, t)) for s, t in pairs]
-    whole: BatchReport = merge_many(
-        connection, reflected, keyed, dry_run=True, **_engine_options(options)
-    )
+    target_of = resolve_chains(keyed, lambda key: f"{reflected.fullname} {key_text(key)}")
     return PairsResult(
         reflected,
         options,
         True,
-        tuple(whole.keys),
+        (),
         pairs=len(keyed),
         origin=_origin(pairs),
-        resolved=tuple(whole.pairs),
+        resolved=tuple(target_of.items()),
+        lines=lines,
     )
+
+
+def _name_the_line(error: RowNotFoundError, read: PairsResult) -> None:
+    """A key without a row, named by the CSV line that gave it."""
+    found = next((read.lines[key] for key in error.keys if key in read.lines), None)
+    if found is not None and not isinstance(error, ConcurrentMergeError):
+        role, line = found
+        key = next(key for key in error.keys if key in read.lines)
+        raise CommandError(
+            f"{read.origin} line {line}: {role} row {key_text(key)} not found in "
+            f"{read.table.fullname}"
+        ) from None
 
 
 def _batches(pairs: Sequence[Pair], size: int) -> list[Sequence[Pair]]:
     return [pairs[start : start + size] for start in range(0, len(pairs), size)]
 
 
-def _rehearse(connection: Connection, read: PairsResult, batch_size: int) -> PairsResult:
+def _rehearse(
+    connection: Connection,
+    read: PairsResult,
+    batch_size: int,
+    progress: Callable[[str, int, int], None] | None,
+) -> PairsResult:
     """The plan: each batch as the run will apply it, on what the batches before it did.
 
-    Run on the caller's transaction, which the caller rolls back.  Under
-    ``on_conflict="raise"`` a batch with conflicts is planned (dry run) and then
-    applied leaving its clashing rows, so that later batches are planned on
-    the rows they would meet.
+    Run on the caller's transaction, which the caller rolls back.  A batch the run
+    would refuse (conflicts under ``on_conflict="raise"``, a self-reference under
+    ``on_self_reference="raise"``) is planned (dry run, self-references counted as
+    cleared) and then applied leaving its clashing rows and clearing those references,
+    so that later batches are planned on the rows they would meet.
     """
     table, options = read.table, read.options
+    engine_options = _engine_options(options)
+    lenient = {**engine_options, "on_self_reference": "null"}
     totals: list[KeyResult] = []
+    refused: SelfReferenceError | None = None
+    done = 0
     for batch in _batches(read.resolved, batch_size):
         try:
-            report = merge_many(connection, table, batch, **_engine_options(options))
-        except MergeConflictError:
-            report = merge_many(connection, table, batch, dry_run=True, **_engine_options(options))
-            merge_many(
-                connection,
-                table,
-                batch,
-                on_conflict="ignore",
-                on_self_reference=options.on_self_reference,
-            )
+            report = merge_many(connection, table, batch, **engine_options)
+        except (MergeConflictError, SelfReferenceError) as error:
+            if isinstance(error, SelfReferenceError):
+                refused = refused or error
+            report = merge_many(connection, table, batch, dry_run=True, **lenient)
+            merge_many(connection, table, batch, **{**lenient, "on_conflict": "ignore"})
         totals = add_key_results(totals, report.keys)
-    return replace(read, keys=tuple(totals))
+        done += len(batch)
+        if progress is not None:
+            progress("planned", done, len(read.resolved))
+    return replace(read, keys=tuple(totals), refused=refused)
 
 
 def _apply(
     connection: Connection,
-    table: Table,
-    pairs: Sequence[Pair],
-    options: MergeOptions,
+    read: PairsResult,
     batch_size: int,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[str, int, int], None] | None,
 ) -> PairsResult:
     totals: list[KeyResult] = []
     done = batches = 0
+    pairs = read.resolved
     for batch in _batches(pairs, batch_size):
-        report = merge_many(connection, table, batch, **_engine_options(options))
+        report = merge_many(connection, read.table, batch, **_engine_options(read.options))
         totals = add_key_results(totals, report.keys)
         done, batches = done + len(batch), batches + 1
         if progress is not None:
-            progress(done, len(pairs))
-    return PairsResult(
-        table, options, False, tuple(totals), pairs=len(pairs), batches=batches, resolved=()
-    )
+            progress("merged", done, len(pairs))
+    return replace(read, dry_run=False, keys=tuple(totals), batches=batches, resolved=())
 
 
 def add_key_results(totals: list[KeyResult], results: Sequence[KeyResult]) -> list[KeyResult]:

@@ -11,9 +11,10 @@ import csv
 import datetime
 import decimal
 import difflib
+import io
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +36,7 @@ from sqlalchemy.schema import BLANK_SCHEMA
 from ._backend import backend_of
 from ._catalog import check_references, unfollowed_references
 from ._pairs import primary_key_values
+from .exc import ConcurrentMergeError, ReferencesError, RowNotFoundError, SelfReferenceError
 
 URL_ENV_VAR = "SA_REFERENCES_URL"
 
@@ -43,6 +45,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DECLINED = 3
 EXIT_COMMITTED_OUTPUT_FAILED = 4
+EXIT_WOULD_FAIL = 5
 EXIT_INTERRUPTED = 130
 
 Values = tuple[Any, ...]
@@ -75,12 +78,47 @@ def one_line(text: str) -> str:
 
 
 def describe_error(error: BaseException) -> str:
-    """The error as one line: a driver's message without SQLAlchemy's statement dump."""
+    """The error as one line: a driver's message without SQLAlchemy's statement dump; the
+    library's refusals in the command line's terms (keys as typed, options as flags)."""
+    if isinstance(error, ReferencesError):
+        return one_line(describe_refusal(error))
     if isinstance(error, DBAPIError) and error.orig is not None:
         return one_line(f"{type(error).__name__}: {error.orig}")
     if isinstance(error, SQLAlchemyError):
         return one_line(str(error.args[0]) if error.args else str(error))
     return one_line(str(error))
+
+
+def describe_refusal(error: ReferencesError) -> str:
+    reason = error.reason
+    if isinstance(error, RowNotFoundError) and error.role and error.keys:
+        reason = f"{error.role} row {key_text(error.keys[0])} not found in {error.table}"
+    elif isinstance(error, RowNotFoundError) and error.keys and not error.role:
+        shown = ", ".join(key_text(key) for key in error.keys)
+        problem = "no longer exist" if isinstance(error, ConcurrentMergeError) else "not found"
+        reason = f"key(s) {problem} in {error.table}: {shown}"
+        if isinstance(error, ConcurrentMergeError):
+            reason += " (deleted or merged away by another transaction; run the merge again)"
+    elif isinstance(error, SelfReferenceError):
+        rows = ", ".join(key_text(row) for row in error.rows[:5])
+        them = "itself" if len(error.rows) == 1 else "themselves"
+        reason = (
+            f"the target ({rows}) references the source through {error.key}: "
+            f"merging would make it reference {them}"
+        )
+    if error.remedy is not None:
+        flag = "--" + error.remedy.option.replace("_", "-") + " "
+        reason = f"{reason} {error.remedy.advice(flag, error.remedy.values)}"
+    return reason
+
+
+def key_text(values: Sequence[Any]) -> str:
+    """Primary key values as KEY is typed: comma-separated, CSV-quoted where needed."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(
+        [v.isoformat() if isinstance(v, (datetime.date, datetime.time)) else v for v in values]
+    )
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------- database
@@ -299,8 +337,11 @@ def key_values(table: Table, key: Any) -> Values:
 # ---------------------------------------------------------------- CSV pairs
 
 
-def read_pairs(path: Path, table: Table) -> list[tuple[Values, Values]]:
-    """The (source, target) keys of a CSV file; errors name the file and line."""
+def read_pairs(
+    path: Path, table: Table, lines: dict[Values, tuple[str, int]] | None = None
+) -> list[tuple[Values, Values]]:
+    """The (source, target) keys of a CSV file; errors name the file and line.  ``lines``
+    receives, per key, its role and the first line it is on."""
     pairs = []
     with path.open(newline="", encoding="utf-8-sig") as stream:
         reader = csv.reader(stream, strict=True)
@@ -308,7 +349,11 @@ def read_pairs(path: Path, table: Table) -> list[tuple[Values, Values]]:
             columns = pair_columns(next(reader, None))
             for row in reader:
                 if any(cell.strip() for cell in row):
-                    pairs.append(pair_from_row(table, row, columns))
+                    pair = pair_from_row(table, row, columns)
+                    pairs.append(pair)
+                    if lines is not None:
+                        lines.setdefault(pair[0], ("source", reader.line_num))
+                        lines.setdefault(pair[1], ("target", reader.line_num))
         except CommandError as error:
             raise CommandError(f"{path} line {reader.line_num}: {error}") from None
         except (csv.Error, SQLAlchemyError) as error:

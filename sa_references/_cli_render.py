@@ -19,6 +19,7 @@ from ._cli_commands import (
     MergeResult,
     PairsResult,
 )
+from ._cli_input import describe_error
 from ._keys import ReferencingKey
 from ._report import Conflict, KeyResult
 
@@ -199,6 +200,7 @@ def merge_json(result: MergeResult | PairsResult) -> JSONDict:
         "deleted": result.deleted,
         "left": result.left,
         "cleared": result.cleared,
+        "would_fail": None if result.refusal is None else describe_error(result.refusal),
         "keys": [key_result_json(r) for r in result.keys],
     }
 
@@ -271,7 +273,9 @@ def write_key_results(result: MergeResult | PairsResult, out: TextIO) -> None:
 def describe_key_result(result: MergeResult | PairsResult, key_result: KeyResult) -> str:
     words = PLAN_WORDS if result.dry_run else RESULT_WORDS
     parts = [f"{key_result.repointed} {words['repoint']}"]
-    if key_result.cleared:
+    if key_result.cleared and result.refused is not None:
+        parts.append(f"{plural(key_result.cleared, 'row')} would reference itself")
+    elif key_result.cleared:
         parts.append(f"{key_result.cleared} {words['clear']} (the target's own reference)")
     if key_result.deleted:
         parts.append(f"{key_result.deleted} conflicting {words['delete']}")
@@ -293,7 +297,7 @@ def write_totals(result: MergeResult | PairsResult, sources: str, out: TextIO) -
     deleted = plural(result.deleted, "conflicting row")
     delete = result.options.delete
     if result.dry_run:
-        clear = f", clear {result.cleared}" if result.cleared else ""
+        clear = f", clear {result.cleared}" if result.cleared and not result.refused else ""
         line = f"Would re-point {repointed}{clear}, delete {deleted}, leave {result.left}"
         line += f" and delete {sources}." if delete else "."
     else:
@@ -303,3 +307,5 @@ def write_totals(result: MergeResult | PairsResult, sources: str, out: TextIO) -
     print(line, file=out)
     if result.options.dry_run:
         print("Dry run: nothing changed.", file=out)
+    if result.dry_run and result.refusal is not None:
+        print(f"The merge would fail: {describe_error(result.refusal)}", file=out)

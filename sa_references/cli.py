@@ -72,9 +72,12 @@ database error; 2 usage error -- the command line is invalid, ``-`` was given
 without ``SA_REFERENCES_URL``, or a merge needs ``--yes`` because stdin is not
 a terminal; 3 the merge was not confirmed at the prompt; 4 the merge was
 committed, but writing its result then failed (a closed pipe as in ``| head
--1``, a full disk): the database has changed; 130 interrupted.  Errors are one
-line on stderr.  A failed or declined merge changes nothing: each merge runs
-in one transaction.
+-1``, a full disk): the database has changed; 5 a dry run (``--dry-run``) of a
+merge that would fail -- a conflict under ``--on-conflict raise``, a
+self-reference under ``--on-self-reference raise``: the whole plan is shown,
+then why the merge would fail; 130 interrupted.  Errors are one line on
+stderr.  A failed or declined merge changes nothing: each merge runs in one
+transaction.
 
 JSON output (``--json``)
 ========================
@@ -104,7 +107,7 @@ strings (ISO 8601 dates and times, decimal strings, hex for binary data).
 
     {"table": "customer", "source": {"id": 3}, "target": {"id": 1},
      "dry_run": false, "on_conflict": "delete", "delete": true,
-     "rowcount": 4, "deleted": 1, "left": 0, "cleared": 0,
+     "rowcount": 4, "deleted": 1, "left": 0, "cleared": 0, "would_fail": null,
      "keys": [{"name": "customer_tag(customer_id)", "table": "customer_tag",
                "columns": ["customer_id"], "repointed": 1, "deleted": 1,
                "left": 0, "cleared": 0, "cleared_rows": [],
@@ -121,9 +124,10 @@ the source, ``cleared`` the target's own references to the source set to NULL
 ``cascaded`` is what the database's ON DELETE rules delete (``"delete"``) or
 clear (``"set null"``, ``"set default"``) beyond the deleted conflicting rows;
 conflict ``rows`` are the identities (primary key values) of the clashing
-rows.  Clashing rows are never counted in ``repointed``; in a dry
-run under ``--on-conflict raise`` they are listed in ``conflicts`` (the merge
-itself would fail).
+rows; ``would_fail`` is, in a plan, why the merge would fail (else null).
+Clashing rows are never counted in ``repointed``; in a dry run under
+``--on-conflict raise`` they are listed in ``conflicts`` (the merge itself
+would fail).
 """
 
 from __future__ import annotations
@@ -136,6 +140,7 @@ from ._cli_input import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    EXIT_WOULD_FAIL,
     URL_ENV_VAR,
 )
 
@@ -146,6 +151,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "EXIT_WOULD_FAIL",
     "URL_ENV_VAR",
     "main",
 ]

@@ -46,7 +46,7 @@ from sqlalchemy.types import NullType, TypeEngine
 
 from sa_references._cli_input import key_values
 from sa_references._cli_render import json_value
-from sa_references.cli import URL_ENV_VAR, main
+from sa_references.cli import EXIT_WOULD_FAIL, URL_ENV_VAR, main
 from sa_references.command import CommandError
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql", "mariadb")
@@ -350,7 +350,7 @@ def test_dependents_bad_keys(cli: Any, database: Database) -> None:
 def test_merge_dry_run_changes_nothing(cli: Any, database: Database) -> None:
     before = database.snapshot()
     run = cli("merge", database.url, "cli_customer", "3", "1", "--dry-run", "--json")
-    assert run.status == 0, run.err
+    assert run.status == EXIT_WOULD_FAIL, run.err  # the conflict, under raise
     document = run.json()
     assert document["dry_run"] is True
     assert document["source"] == {"id": 3}
@@ -362,7 +362,7 @@ def test_merge_dry_run_changes_nothing(cli: Any, database: Database) -> None:
     assert tag_key["conflicts"][0]["rows"] == [[3, 1]]
 
     run = cli("merge", database.url, "cli_customer", "3", "1", "--dry-run")
-    assert run.status == 0, run.err
+    assert run.status == EXIT_WOULD_FAIL, run.err
     assert "clash on" in run.out
     assert "Dry run: nothing changed." in run.out
     assert database.snapshot() == before
@@ -494,8 +494,8 @@ def test_merge_bad_input_changes_nothing(cli: Any, database: Database, tmp_path:
     cases = [
         (("merge", url, "cli_nothing", "3", "1", "--yes"), "table 'cli_nothing' not found"),
         (("merge", url, "cli_customers", "3", "1", "--yes"), "did you mean cli_customer"),
-        (("merge", url, "cli_customer", "3", "99", "--yes"), "target row (99,) not found"),
-        (("merge", url, "cli_customer", "98", "1", "--yes"), "source row (98,) not found"),
+        (("merge", url, "cli_customer", "3", "99", "--yes"), "target row 99 not found"),
+        (("merge", url, "cli_customer", "98", "1", "--yes"), "source row 98 not found"),
         (("merge", url, "cli_customer", "3", "3", "--yes"), "into itself"),
         (("merge", url, "cli_customer", "3,1", "1", "--yes"), "got 2 value(s)"),
         (("merge", url, "cli_product", "TEA", "TEA,M", "--yes"), "keyed by 2 column(s)"),
@@ -589,6 +589,7 @@ def test_pairs_json_summary_and_composite_keys(
         "deleted",
         "left",
         "cleared",
+        "would_fail",
         "keys",
     ]
     assert (document["pairs"], document["rowcount"]) == (1, 1)
@@ -632,7 +633,7 @@ def test_pairs_bad_input_changes_nothing(cli: Any, database: Database, tmp_path:
         ('source,target\n4,2\n"6,7",1\n', "line 3: cli_customer is keyed by 1 column(s)"),
         ('source,target\n4,2\n"6,1\n', "line 3: unexpected end of data"),
         ("from,to\n4,2\n", "the header must name the columns source and target"),
-        ("source,target\n4,2\n6,99\n", "key(s) not found"),
+        ("source,target\n4,2\n6,99\n", "line 3: target row 99 not found in cli_customer"),
         ("source,target\n4,2\n4,6\n", "already queued"),
     ]
     for number, (body, fragment) in enumerate(cases):
@@ -919,3 +920,71 @@ def test_demo_as_subprocess(how: str, tmp_path: Path) -> None:
     created = Path(result.stdout.splitlines()[0].removeprefix("Created "))
     assert created.name == "shop.db"
     assert not created.exists()  # the temporary database is gone
+
+
+def test_dry_run_of_a_merge_that_would_fail_shows_the_plan(cli: Any, database: Database) -> None:
+    """A self-reference or a conflict under raise: the whole plan, then why it would fail,
+    with its own exit status; the JSON says so too."""
+    before = database.snapshot()
+    run = cli("merge", database.url, "cli_customer", "1", "2", "--dry-run")
+    assert run.status == EXIT_WOULD_FAIL, run.err
+    assert "cli_customer(referrer_id): 0 to re-point, 1 row would reference itself" in run.out
+    assert "cli_order(customer_id): 1 to re-point" in run.out
+    failing = run.out.splitlines()[-1]
+    assert failing.startswith("The merge would fail: the target (2) references the source")
+    assert failing.endswith("(pass --on-self-reference null to clear that reference first)")
+    document = cli("merge", database.url, "cli_customer", "1", "2", "--dry-run", "--json")
+    assert document.status == EXIT_WOULD_FAIL
+    assert "--on-self-reference null" in document.json()["would_fail"]
+    run = cli("merge", database.url, "cli_customer", "3", "1", "--dry-run")
+    assert run.status == EXIT_WOULD_FAIL
+    assert "1 row clash on" in run.out
+    assert run.out.splitlines()[-1].endswith("(pass --on-conflict delete or ignore)")
+    ok = cli("merge", database.url, "cli_customer", "3", "1", "--dry-run", "--json")
+    assert ok.status == EXIT_WOULD_FAIL and ok.json()["would_fail"].startswith("merge would")
+    fine = cli("merge", database.url, "cli_customer", "6", "1", "--dry-run", "--json")
+    assert fine.status == 0 and fine.json()["would_fail"] is None
+    assert database.snapshot() == before
+
+
+def test_errors_name_flags_and_keys_as_typed(cli: Any, database: Database) -> None:
+    run = cli("merge", database.url, "cli_customer", "3", "1", "--yes")
+    assert_error(run, 1, "(pass --on-conflict delete or ignore)")
+    assert "on_conflict" not in run.err
+    run = cli("merge", database.url, "cli_customer", "1", "2", "--yes")
+    assert_error(run, 1, "the target (2) references", "--on-self-reference null")
+    assert "(2,)" not in run.err and "on_self_reference" not in run.err
+    run = cli("merge", database.url, "cli_product", "TEA,MED", "TEA,XL", "--yes")
+    assert_error(run, 1, "target row TEA,XL not found in cli_product")
+
+
+def test_pairs_name_the_line_of_a_key_without_a_row(
+    cli: Any, database: Database, tmp_path: Path
+) -> None:
+    before = database.snapshot()
+    pairs = write_csv(tmp_path / "dupes.csv", "source,target\n3,1\n\n98,1\n")
+    for extra in (["--yes"], ["--dry-run"]):
+        run = cli("merge", database.url, "cli_customer", "--pairs", pairs, *extra)
+        assert_error(run, 1, f"{pairs} line 4: source row 98 not found in cli_customer")
+    assert database.snapshot() == before
+
+
+def test_pairs_with_yes_run_once(cli: Any, database: Database, tmp_path: Path) -> None:
+    """Not planned first: one UPDATE per referencing key with rows to move, per batch."""
+    pairs = write_csv(tmp_path / "dupes.csv", "source,target\n5,3\n3,1\n")
+    updates: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            updates.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        argv = ["merge", database.url, "cli_customer", "--pairs", pairs, "--on-conflict"]
+        run = cli(*argv, "delete", "--yes", "--json")
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert run.status == 0, run.err
+    assert run.json()["rowcount"] == 5
+    # one batch: one UPDATE per referencing key of cli_customer (4), none rehearsed
+    assert len(updates) <= 4, updates

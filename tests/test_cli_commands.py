@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sa_references import command
+from sa_references.cli import EXIT_WOULD_FAIL
 from sa_references.command import (
     CommandError,
     Declined,
@@ -54,8 +55,9 @@ def test_commands_return_results(database: Database, capsys: pytest.CaptureFixtu
     assert isinstance(plan, MergeResult)
     assert (plan.dry_run, plan.committed, plan.rowcount) == (True, False, 4)
     assert [row for c in plan.conflicts for row in c.rows] == [(3, 1)]
+    assert isinstance(plan.refusal, MergeConflictError)
     with pytest.raises(MergeConflictError):
-        plan.refuse_conflicts()
+        plan.refuse()
     assert database.snapshot() == before
 
     shown: list[MergeResult] = []
@@ -87,11 +89,11 @@ def test_merge_pairs_from_python(database: Database, tmp_path: Path) -> None:
         [(5, 6), ("4", "2")],
         options,
         batch_size=1,
-        progress=lambda done, total: calls.append((done, total)),
+        progress=lambda phase, done, total: calls.append((phase, done, total)),
     )
     assert isinstance(result, PairsResult)
     assert (result.pairs, result.batches, result.committed, result.origin) == (2, 2, True, "pairs")
-    assert calls == [(1, 2), (2, 2)]
+    assert calls == [("merged", 1, 2), ("merged", 2, 2)]  # not planned: no confirm
     assert [row[0] for row in database.rows("cli_customer")] == [1, 2, 3, 6]
 
     path = Path(write_csv(tmp_path / "pairs.csv", "source,target\n3,1\n"))
@@ -139,7 +141,8 @@ def test_result_json_is_what_json_output_writes(cli: Any, database: Database) ->
     ]
     for result, argv in calls:
         run = cli(*argv, "--json")
-        assert run.status == 0, (argv, run.err)
+        would_fail = getattr(result, "refusal", None) is not None  # the conflict of 3 -> 1
+        assert run.status == (EXIT_WOULD_FAIL if would_fail else 0), (argv, run.err)
         assert json.loads(run.out) == json.loads(json.dumps(result_json(result), default=str))
 
 
