@@ -53,6 +53,7 @@ from ._cli_input import (
     URL_ENV_VAR,
     CommandError,
     Declined,
+    OutputClosed,
     OutputFailedAfterCommit,
     UsageError,
     describe_error,
@@ -86,7 +87,8 @@ quote a value holding a comma CSV-style ('"Smith, Ada",3').
 
 exit status: 0 success, 1 error (nothing changed), 2 usage error,
 3 merge not confirmed, 4 merge committed but its output failed,
-5 dry run of a merge that would fail, 130 interrupted.
+5 dry run of a merge that would fail, 130 interrupted,
+141 stdout closed early (as in `| head`; silent).
 See `python -m pydoc sa_references.cli` for the commands and the --json formats.
 """
 
@@ -263,7 +265,8 @@ def run_reporting_errors(run: Callable[[argparse.Namespace], int], args: Any) ->
     try:
         return run(args)
     except CommandError as error:
-        report_error(str(error))
+        if str(error):
+            report_error(str(error))
         return error.exit_status
     except (SQLAlchemyError, OSError, csv.Error, UnicodeDecodeError) as error:
         report_error(describe_error(error))
@@ -292,6 +295,8 @@ def write_output(write: Callable[[TextIO], None], committed: bool) -> None:
             raise OutputFailedAfterCommit(
                 f"the merge was committed, but writing its result failed: {describe_error(error)}"
             ) from None
+        if isinstance(error, BrokenPipeError):
+            raise OutputClosed("") from None
         raise
 
 

@@ -46,6 +46,9 @@ EXIT_USAGE = 2
 EXIT_DECLINED = 3
 EXIT_COMMITTED_OUTPUT_FAILED = 4
 EXIT_WOULD_FAIL = 5
+#: the reader of stdout went away (``| head``), nothing was changed: silent, as Unix
+#: tools killed by SIGPIPE, whose status a shell reports as 128 + 13
+EXIT_BROKEN_PIPE = 141
 EXIT_INTERRUPTED = 130
 
 Values = tuple[Any, ...]
@@ -67,6 +70,13 @@ class Declined(CommandError):
     exit_status = EXIT_DECLINED
 
 
+class OutputClosed(CommandError):
+    """stdout's reader went away before a command that changes nothing had written all;
+    reported by its exit status alone."""
+
+    exit_status = EXIT_BROKEN_PIPE
+
+
 class OutputFailedAfterCommit(CommandError):
     """The merge was committed; writing its result then failed (a closed pipe, a full disk)."""
 
@@ -83,7 +93,10 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, ReferencesError):
         return one_line(describe_refusal(error))
     if isinstance(error, DBAPIError) and error.orig is not None:
-        return one_line(f"{type(error).__name__}: {error.orig}")
+        prefix = "sa_references: "
+        notes = [n[len(prefix) :] for n in getattr(error, "__notes__", ()) if n.startswith(prefix)]
+        where = f" ({'; '.join(notes)})" if notes else ""
+        return one_line(f"{type(error).__name__}: {error.orig}{where}")
     if isinstance(error, SQLAlchemyError):
         return one_line(str(error.args[0]) if error.args else str(error))
     return one_line(str(error))
@@ -140,14 +153,33 @@ def make_engine(text: str) -> Engine:
         check_sqlite_file(url)
         engine = create_engine(url)
     except (ArgumentError, NoSuchModuleError) as error:
-        raise CommandError(f"bad database URL: {describe_error(error)}") from None
+        raise CommandError(f"bad database URL: {describe_error(error)}{url_hint(text)}") from None
     except ImportError as error:
         raise CommandError(
-            f"cannot load the database driver for {url.drivername}: {error}"
+            f"cannot load the database driver for {url.drivername}: {error}{url_hint(text)}"
         ) from None
     if backend_of(engine.dialect).foreign_keys_need_pragma:
         enforce_sqlite_foreign_keys(engine)
     return engine
+
+
+#: URL schemes other tools accept, and what SQLAlchemy names them (with the driver we test)
+_SCHEMES = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+
+
+def url_hint(text: str) -> str:
+    """'; did you mean postgresql+psycopg://...?' for a scheme SQLAlchemy does not take as
+    written (``postgres://``) or whose default driver is missing (``mysql://``)."""
+    scheme, separator, _ = text.partition("://")
+    better = _SCHEMES.get(scheme.lower())
+    if not separator or better is None:
+        return ""
+    return f"; did you mean {better}://...?"
 
 
 def check_sqlite_file(url: URL) -> None:
@@ -179,6 +211,19 @@ def database(url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
+def check_schema(connection: Connection, schema: str) -> None:
+    """Refuse ``--schema`` naming no schema (on SQLite: no attached database)."""
+    known = inspect(connection).get_schema_names()
+    if schema not in known:
+        close = difflib.get_close_matches(schema, known, n=3)
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else f" (the database has: {', '.join(sorted(known))})"
+        )
+        raise CommandError(f"schema {schema!r} not found{hint}")
+
+
 def reflect_table(
     connection: Connection, name: str, schema: str | None, *, check: bool = False
 ) -> Table:
@@ -188,6 +233,8 @@ def reflect_table(
     ``check``: raise :class:`~sa_references.exc.UnfollowedReferenceError` if a foreign
     key to TABLE still lacks from the MetaData (a merge would not re-point it).
     """
+    if schema is not None:
+        check_schema(connection, schema)
     metadata = MetaData()
     partitions = partition_names(connection, schema) - {name}
     metadata.reflect(

@@ -67,6 +67,12 @@ def json_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
+    if isinstance(value, (list, tuple)):  # a PostgreSQL array
+        return [json_value(v) for v in value]
+    if isinstance(value, (set, frozenset)):  # a MySQL SET: in a stable order
+        return sorted((json_value(v) for v in value), key=lambda v: (str(type(v)), str(v)))
+    if isinstance(value, dict):  # JSON columns
+        return {str(k): json_value(v) for k, v in value.items()}
     return str(value)
 
 

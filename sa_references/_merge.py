@@ -8,11 +8,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Table
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Mapper, Session, attributes
 
 from . import _statements as sql
 from ._backend import backend_of
+from ._compat import add_note
 from ._keys import AnyColumn, ReferencingKey, reference_graph
 from ._locks import lock_objects, lock_rows
 from ._objects import (
@@ -277,7 +278,16 @@ def _row_deleter(table: Table, keys: Any) -> Any:
 
     def delete_rows(connection: Connection) -> None:
         for chunk in sql.chunks(list(keys())):
-            connection.execute(table.delete().where(sql.identity_in(pk, chunk)))
+            try:
+                connection.execute(table.delete().where(sql.identity_in(pk, chunk)))
+            except DBAPIError as error:
+                add_note(
+                    error,
+                    f"sa_references: failed while deleting the source row(s) of "
+                    f"{table.fullname}, after re-pointing (rows still reference them: "
+                    "conflicting rows left, or a key the merge does not follow)",
+                )
+                raise
 
     return delete_rows
 

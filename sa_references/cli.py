@@ -75,9 +75,10 @@ committed, but writing its result then failed (a closed pipe as in ``| head
 -1``, a full disk): the database has changed; 5 a dry run (``--dry-run``) of a
 merge that would fail -- a conflict under ``--on-conflict raise``, a
 self-reference under ``--on-self-reference raise``: the whole plan is shown,
-then why the merge would fail; 130 interrupted.  Errors are one line on
-stderr.  A failed or declined merge changes nothing: each merge runs in one
-transaction.
+then why the merge would fail; 130 interrupted; 141 stdout was closed before
+all was written (``keys ... | head -2``) by a command that changed nothing:
+silent, as Unix tools are.  Errors are one line on stderr.  A failed or
+declined merge changes nothing: each merge runs in one transaction.
 
 JSON output (``--json``)
 ========================
@@ -134,6 +135,7 @@ from __future__ import annotations
 
 from ._cli import main
 from ._cli_input import (
+    EXIT_BROKEN_PIPE,
     EXIT_COMMITTED_OUTPUT_FAILED,
     EXIT_DECLINED,
     EXIT_ERROR,
@@ -145,6 +147,7 @@ from ._cli_input import (
 )
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_COMMITTED_OUTPUT_FAILED",
     "EXIT_DECLINED",
     "EXIT_ERROR",

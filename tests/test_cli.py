@@ -988,3 +988,38 @@ def test_pairs_with_yes_run_once(cli: Any, database: Database, tmp_path: Path) -
     assert run.json()["rowcount"] == 5
     # one batch: one UPDATE per referencing key of cli_customer (4), none rehearsed
     assert len(updates) <= 4, updates
+
+
+def test_urls_other_tools_take_get_a_hint(cli: Any, database: Database) -> None:
+    run = cli("keys", "postgres://u@localhost/db", "cli_customer")
+    assert_error(run, 1, "bad database URL", "did you mean postgresql+psycopg://...?")
+    assert importlib.util.find_spec("MySQLdb") is None  # mysql:// defaults to mysqlclient
+    run = cli("keys", "mysql://root@localhost/test", "cli_customer")
+    assert_error(run, 1, "cannot load the database driver", "did you mean mysql+pymysql://...?")
+
+
+def test_schema_that_does_not_exist(cli: Any, database: Database) -> None:
+    """On SQLite a schema is an attached database: "main" is one, "sales" is not."""
+    run = cli("keys", database.url, "cli_customer", "--schema", "no_such_schema")
+    assert_error(run, 1, "schema 'no_such_schema' not found")
+    assert "sqlite_master" not in run.err and "OperationalError" not in run.err
+
+
+def test_json_writes_arrays_and_sets_as_arrays() -> None:
+    """PostgreSQL arrays and MySQL SET values: JSON arrays, a SET's in a stable order."""
+    assert json_value(["Deleted Scenes", "Behind the Scenes"]) == [
+        "Deleted Scenes",
+        "Behind the Scenes",
+    ]
+    assert json_value({"b", "a", "c"}) == ["a", "b", "c"]
+    assert json_value([[1, 2], [datetime.date(2024, 1, 2)]]) == [[1, 2], ["2024-01-02"]]
+    assert json_value({"k": decimal.Decimal("1.5")}) == {"k": "1.5"}
+
+
+def test_a_failing_source_deletion_names_the_step(cli: Any, database: Database) -> None:
+    """Ignored conflicts keep referencing the source: the error says which step failed."""
+    before = database.snapshot()
+    argv = ["--on-conflict", "ignore", "--delete", "--yes"]
+    run = cli("merge", database.url, "cli_customer", "3", "1", *argv)
+    assert_error(run, 1, "IntegrityError", "deleting the source row(s) of cli_customer")
+    assert database.snapshot() == before
