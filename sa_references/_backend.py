@@ -13,6 +13,7 @@ from typing import Literal
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 
 #: how many primary keys one locking SELECT passes: IN lists, one PostgreSQL array,
 #: one MySQL JSON array of integers
@@ -42,6 +43,10 @@ class Backend:
     #: plain SELECTs may answer from a REPEATABLE READ snapshot older than the locks
     #: (InnoDB): reads that must see the latest rows are locking reads
     snapshot_reads: bool
+    #: a locking read of a row another transaction changed or deleted after this one's
+    #: REPEATABLE READ snapshot fails with a serialization failure (PostgreSQL), where
+    #: InnoDB reads the latest row instead
+    locks_fail_after_snapshot: bool
     #: how a single merge's Core SAVEPOINT ends
     savepoint_style: SavepointStyle
     #: the driver may hold no transaction open before a SAVEPOINT (pysqlite): BEGIN first
@@ -98,6 +103,7 @@ def _describe(dialect: Dialect) -> Backend:
         row_locks=not sqlite,
         lock_shape="array" if postgresql else "json" if json_table else "in",
         snapshot_reads=mysql,
+        locks_fail_after_snapshot=postgresql,
         savepoint_style="reused" if mysql else "released",
         begin_before_savepoint=sqlite,
         combined_updates=postgresql,
@@ -124,3 +130,18 @@ def foreign_keys_enforced(connection: Connection) -> bool:
     if not backend_of(connection).foreign_keys_need_pragma:
         return True
     return bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())
+
+
+#: SQLSTATE of a serialization failure ("could not serialize access due to concurrent update")
+SERIALIZATION_FAILURE = "40001"
+
+
+def is_serialization_failure(backend: Backend, error: DBAPIError) -> bool:
+    """Whether ``error`` is the serialization failure of a locking read that found its row
+    changed after the snapshot (PostgreSQL's SQLSTATE 40001; psycopg names it ``sqlstate``,
+    psycopg2 ``pgcode``).  Never on MySQL, whose deadlocks share that SQLSTATE."""
+    if not backend.locks_fail_after_snapshot:
+        return False
+    orig = error.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state == SERIALIZATION_FAILURE

@@ -17,6 +17,7 @@ from sqlalchemy.exc import ArgumentError
 from . import _statements as sql
 from ._backend import backend_of
 from ._keys import AnyColumn, ReferencingKey, python_type_of
+from ._locks import snapshot_outdated
 from ._route import Bind
 from .exc import MergeCycleError, ReferencesError, RowNotFoundError
 
@@ -182,8 +183,10 @@ def fetch_row(
     pk = list(table.primary_key.columns)
     statement = select(table).where(sql.matches(pk, key))
     if lock and isinstance(bind, Connection) and backend_of(bind).row_locks:
-        statement = statement.with_for_update()
-    row = bind.execute(statement).first()
+        with snapshot_outdated(bind, table, [key]):
+            row = bind.execute(statement.with_for_update()).first()
+    else:
+        row = bind.execute(statement).first()
     if row is None and missing_ok:
         return None
     if row is None:
@@ -299,10 +302,14 @@ def _row_queries(
     return queries
 
 
+def not_found_message(table: Table, missing: set[Values]) -> str:
+    shown = ", ".join(repr(k) for k in sorted(missing, key=repr)[:5])
+    return f"{len(missing)} key(s) not found in {table.fullname}: {shown}"
+
+
 def _refuse_missing(table: Table, missing: set[Values]) -> None:
     if missing:
-        shown = ", ".join(repr(k) for k in sorted(missing, key=repr)[:5])
-        raise RowNotFoundError(f"{len(missing)} key(s) not found in {table.fullname}: {shown}")
+        raise RowNotFoundError(not_found_message(table, missing))
 
 
 def pairs_by_key(
