@@ -1,6 +1,7 @@
 """Another transaction changes the rows being merged: #13.3 (the duplicate's referred value
-renamed meanwhile), #13.17 (the target deleted meanwhile, REPEATABLE READ) and a source
-merged away meanwhile (the Core entry points).
+renamed meanwhile), #13.17 (the target deleted meanwhile, REPEATABLE READ), a source merged
+away meanwhile (the Core entry points), and the target's referred value renamed onto a
+clashing row meanwhile.
 
 Servers only (SQLite has no concurrent writers).  The other transaction commits before the
 merge takes its locks, so nothing waits and nothing can deadlock.
@@ -18,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     select,
 )
 from sqlalchemy import inspect as sa_inspect
@@ -212,3 +214,104 @@ def test_key_without_a_row_is_not_a_concurrent_merge(
             assert type(raised.value) is RowNotFoundError
             still_usable(connection)
             connection.rollback()
+
+
+# -- the target's referred value renamed meanwhile, onto a clashing row --------------------------
+
+
+def slotted_coupons() -> tuple[MetaData, Table, Table]:
+    md = MetaData()
+    customer = Table(
+        "prc_customer",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("code", String(10), unique=True, nullable=False),
+    )
+    coupon = Table(
+        "prc_coupon",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("slot", Integer, nullable=False),
+        Column(
+            "customer_code",
+            String(10),
+            ForeignKey("prc_customer.code", onupdate="CASCADE", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        UniqueConstraint("slot", "customer_code", name="prc_coupon_slot"),
+    )
+    return md, customer, coupon
+
+
+@pytest.mark.parametrize("on_conflict", ["ignore", "delete", "raise"])
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "READ COMMITTED"])
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_target_renamed_onto_a_clash_meanwhile(
+    db: Backend, entry: str, isolation: str, on_conflict: str
+) -> None:
+    """Another transaction renames the target's code after this one's snapshot (its coupon
+    follows, ON UPDATE CASCADE): the source's coupon of the same slot clashes with it under the
+    new code.  The conflict check must see the current rows (on InnoDB a plain read, even in a
+    subquery, answers from the snapshot, where the clash is not yet): the clash is ignored,
+    deleted or refused as asked, never a raw "Duplicate entry".  PostgreSQL REPEATABLE READ
+    cannot lock a row changed after its snapshot: ConcurrentMergeError, nothing changed."""
+    md, customer, coupon = slotted_coupons()
+    data = {
+        customer: [{"id": 1, "code": "OLD"}, {"id": 2, "code": "KEEP"}],
+        coupon: [
+            {"id": 1, "slot": 1, "customer_code": "OLD"},
+            {"id": 2, "slot": 1, "customer_code": "KEEP"},
+            {"id": 3, "slot": 2, "customer_code": "OLD"},
+        ],
+    }
+    with committed(db, md, data):
+        engine = db.engine.execution_options(isolation_level=isolation)
+        with engine.connect() as connection:
+            connection.begin()
+            Customer = mapped(customer)
+            session = None
+            if entry in ORM_ENTRY_POINTS:
+                session = orm_session(connection, entry)
+                held = [session.get(Customer, 1), session.get(Customer, 2)]  # noqa: F841
+            connection.execute(select(coupon)).all()  # takes the REPEATABLE READ snapshot
+            with db.engine.begin() as other:
+                other.execute(customer.update().where(customer.c.id == 2).values(code="NEW"))
+            before = snapshot(connection, md)
+            refused = db.name == "postgresql" and isolation == "REPEATABLE READ"
+            error: Any = None
+            try:
+                merge(
+                    entry,
+                    connection,
+                    customer,
+                    1,
+                    2,
+                    cls=Customer,
+                    session=session,
+                    on_conflict=on_conflict,
+                )
+            except Exception as raised:
+                error = raised
+            if refused:
+                assert type(error) is ConcurrentMergeError, f"{type(error).__name__}: {error}"
+                assert snapshot(connection, md) == before
+            elif on_conflict == "raise":
+                assert type(error).__name__ == "MergeConflictError", f"{error!r}"
+                assert snapshot(connection, md) == before
+            else:
+                assert error is None, f"{type(error).__name__}: {error}"
+            still_usable(connection)
+            if session is not None:
+                if error is None:
+                    session.commit()  # releases the session's SAVEPOINT
+                session.close()
+            if error is None:  # committed, read afresh (InnoDB's snapshot predates the rename)
+                connection.commit()
+            else:
+                connection.rollback()
+        expected = [(1, 1, "OLD"), (2, 1, "NEW"), (3, 2, "OLD")]  # as before, renamed
+        if error is None:
+            expected = [(2, 1, "NEW"), (3, 2, "NEW")]
+            if on_conflict == "ignore":
+                expected.insert(0, (1, 1, "OLD"))
+        assert committed_rows(db, coupon) == expected
