@@ -14,6 +14,7 @@ from typing import Any, Literal
 import sqlalchemy
 from sqlalchemy import Connection, Table, event, text
 from sqlalchemy.engine import Dialect, Inspector
+from sqlalchemy.exc import DBAPIError
 
 #: how many primary keys one locking SELECT passes: IN lists, one PostgreSQL array,
 #: one MySQL JSON array of integers
@@ -43,6 +44,10 @@ class Backend:
     #: plain SELECTs may answer from a REPEATABLE READ snapshot older than the locks
     #: (InnoDB): reads that must see the latest rows are locking reads
     snapshot_reads: bool
+    #: a locking read of a row another transaction changed or deleted after this one's
+    #: REPEATABLE READ snapshot fails with a serialization failure (PostgreSQL), where
+    #: InnoDB reads the latest row instead
+    locks_fail_after_snapshot: bool
     #: how a single merge's Core SAVEPOINT ends
     savepoint_style: SavepointStyle
     #: the driver may hold no transaction open before a SAVEPOINT (pysqlite): BEGIN first
@@ -99,6 +104,7 @@ def _describe(dialect: Dialect) -> Backend:
         row_locks=not sqlite,
         lock_shape="array" if postgresql else "json" if json_table else "in",
         snapshot_reads=mysql,
+        locks_fail_after_snapshot=postgresql,
         savepoint_style="reused" if mysql else "released",
         begin_before_savepoint=sqlite,
         combined_updates=postgresql,
@@ -186,3 +192,18 @@ def _note_reflected_inherits(inspector: Inspector, table: Table, _column: Any) -
 #: SQLAlchemy 2.1 reflects a PostgreSQL table's parents (``postgresql_inherits``), 2.0 not
 if tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2]) < (2, 1):
     event.listen(Table, "column_reflect", _note_reflected_inherits)
+
+
+#: SQLSTATE of a serialization failure ("could not serialize access due to concurrent update")
+SERIALIZATION_FAILURE = "40001"
+
+
+def is_serialization_failure(backend: Backend, error: DBAPIError) -> bool:
+    """Whether ``error`` is the serialization failure of a locking read that found its row
+    changed after the snapshot (PostgreSQL's SQLSTATE 40001; psycopg names it ``sqlstate``,
+    psycopg2 ``pgcode``).  Never on MySQL, whose deadlocks share that SQLSTATE."""
+    if not backend.locks_fail_after_snapshot:
+        return False
+    orig = error.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state == SERIALIZATION_FAILURE

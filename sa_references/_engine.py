@@ -100,18 +100,6 @@ def rowcount(connection: Connection, statement: Any, key: ReferencingKey, what: 
     return int(result.rowcount)
 
 
-def current_read(backend: Backend, statement: Any) -> Any:
-    """A read that sees the latest committed rows: on InnoDB, a locking read.
-
-    InnoDB's REPEATABLE READ otherwise answers from the transaction's first
-    snapshot, which can predate rows committed just before our locks were
-    granted; the conflict check would miss them and the UPDATE would fail.
-    """
-    if backend.snapshot_reads:
-        return statement.with_for_update(read=True)
-    return statement
-
-
 # -- the stages ---------------------------------------------------------------------------
 
 
@@ -217,13 +205,15 @@ def read_conflicts(connection: Connection, backend: Backend, plan: KeyPlan) -> l
     if not key.unique_keys:
         return []
     if plan.pair is None:
-        statement = current_read(backend, sql.batch_conflicts(key, plan.mapping))
+        # on InnoDB, locking reads: a REPEATABLE READ snapshot, older than our locks, could
+        # hide a clashing row the UPDATE would then meet (a raw duplicate key error)
+        statement = sql.batch_conflicts(key, plan.mapping, backend.snapshot_reads)
         rows = execute(connection, statement, key, "reading conflicts of").all()
         return rank_conflicts(key, rows)
     params = sql.pair_parameters(*plan.pair)
     conflicts = []
     for unique in key.unique_keys:
-        statement = current_read(backend, sql.conflicting_rows(key, unique))
+        statement = sql.conflicting_rows(key, unique, backend.snapshot_reads)
         found = execute(connection, statement, key, "reading conflicts of", params)
         identities = tuple(tuple(r) for r in found)
         if identities:

@@ -8,16 +8,18 @@ snapshot's older ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Table
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import attributes
 
 from . import _statements as sql
-from ._backend import backend_of
+from ._backend import backend_of, is_serialization_failure
 from ._keys import AnyColumn
-from .exc import ConcurrentMergeError
+from .exc import ConcurrentMergeError, RowNotFoundError
 
 Values = tuple[Any, ...]
 
@@ -45,19 +47,78 @@ def read_locked(
     table: Any,
     identities: Sequence[Values],
     columns: tuple[AnyColumn, ...] = (),
+    *,
+    lock: bool = True,
 ) -> dict[Values, Values]:
-    """The rows keyed ``identities`` that exist, locked where the backend locks rows:
-    ``{identity: values of columns}``."""
+    """The rows keyed ``identities`` that exist, locked where the backend locks rows
+    (``lock=False``: a plain read): ``{identity: values of columns}``."""
     backend = backend_of(connection)
     found: dict[Values, Values] = {}
     width = len(table.primary_key.columns)
+    lock = lock and backend.row_locks
     statements = sql.lock_rows(
-        table, identities, shape=backend.lock_shape, columns=columns, lock=backend.row_locks
+        table, identities, shape=backend.lock_shape, columns=columns, lock=lock
     )
     for statement, params in statements:
-        for row in connection.execute(statement, params):
-            found[tuple(row[:width])] = tuple(row[width:])
+        with snapshot_outdated(connection, table, identities):
+            for row in connection.execute(statement, params):
+                found[tuple(row[:width])] = tuple(row[width:])
     return found
+
+
+def _shown(identities: Sequence[Values] | set[Values]) -> str:
+    return ", ".join(repr(i) for i in sorted(identities, key=repr)[:5])
+
+
+@contextmanager
+def snapshot_outdated(
+    connection: Connection, table: Any, identities: Sequence[Values] | set[Values]
+) -> Iterator[None]:
+    """Around a locking read: the serialization failure of a row another transaction changed
+    or deleted after this one's REPEATABLE READ snapshot (PostgreSQL cannot lock it) becomes
+    :class:`ConcurrentMergeError`, chained from it.  The merge's SAVEPOINT then rolls back
+    and the transaction goes on; a retry needs a new transaction (a new snapshot)."""
+    try:
+        yield
+    except DBAPIError as error:
+        if not is_serialization_failure(backend_of(connection), error):
+            raise
+        raise ConcurrentMergeError(
+            f"cannot lock row(s) of {table.fullname} ({_shown(identities)}): changed or "
+            "deleted by another transaction after this transaction's snapshot (REPEATABLE "
+            "READ); roll the transaction back and retry",
+            table=table.fullname,
+            keys=sorted(identities, key=repr)[:5],
+        ) from error
+
+
+def refuse_missing(
+    connection: Connection, table: Any, missing: set[Values], not_found: RowNotFoundError
+) -> None:
+    """Raise for the rows keyed ``missing``, which a locking read found no row for.
+
+    Rows this transaction's snapshot still has were deleted (merged away) by another
+    transaction after the snapshot: :class:`ConcurrentMergeError`, retryable.  That is
+    asked only where a plain read answers from an older snapshot than a locking one
+    (InnoDB's REPEATABLE READ; PostgreSQL's lock fails instead, see
+    :func:`snapshot_outdated`, and READ COMMITTED keeps no older snapshot).  Keys no row
+    ever had, as far as this transaction can tell: ``not_found`` -- a wrong key is a
+    mistake a retry would repeat, so it wins.
+    """
+    if not missing:
+        return
+    in_snapshot: set[Values] = set()
+    if backend_of(connection).snapshot_reads:
+        in_snapshot = set(read_locked(connection, table, list(missing), lock=False))
+    if in_snapshot < missing:
+        raise not_found
+    raise ConcurrentMergeError(
+        f"{len(missing)} row(s) of {table.fullname} no longer exist ({_shown(missing)}): "
+        "deleted or merged away by another transaction after this transaction's snapshot; "
+        "roll the transaction back and retry",
+        table=table.fullname,
+        keys=sorted(missing, key=repr)[:5],
+    )
 
 
 def lock_objects(
@@ -88,9 +149,8 @@ def lock_objects(
         missing = set(by_table[table]) - set(found)
         if missing:
             first = sorted(missing, key=repr)[:5]
-            shown = ", ".join(repr(m) for m in first)
             raise ConcurrentMergeError(
-                f"{len(missing)} row(s) of {table.fullname} no longer exist ({shown}): "
+                f"{len(missing)} row(s) of {table.fullname} no longer exist ({_shown(missing)}): "
                 "deleted or merged away by another transaction",
                 table=table.fullname,
                 keys=first,

@@ -15,7 +15,7 @@ from . import _statements as sql
 from ._backend import backend_of
 from ._compat import add_note
 from ._keys import AnyColumn, ReferencingKey, reference_graph
-from ._locks import lock_objects, lock_rows
+from ._locks import lock_objects, lock_rows, refuse_missing
 from ._objects import (
     describe,
     expire_holders,
@@ -38,6 +38,7 @@ from ._pairs import (
     checked_pairs,
     fetch_row,
     key_normaliser,
+    not_found_error,
     primary_key_values,
     referred_values_of_keys,
     resolve_chains,
@@ -209,7 +210,10 @@ def merge_rows(
         # each row by its own locking read, in key order: the latest committed row, also
         # under REPEATABLE READ (a plain SELECT would answer from the snapshot)
         for role, key in _in_key_order([("source", source_key), ("target", target_key)]):
-            found[role] = fetch_row(connection, table, key, role, lock=True)
+            row = fetch_row(connection, table, key, role, lock=True, missing_ok=True)
+            if row is None:  # a wrong key, or a row deleted after this transaction's snapshot
+                refuse_missing(connection, table, {key}, not_found_error(table, {key}, role))
+            found[role] = row
         source_row, target_row = found["source"], found["target"]
         # the keys as the database matched them (it may have cast the values given)
         matched = tuple(source_row[c] for c in pk), tuple(target_row[c] for c in pk)
@@ -341,6 +345,8 @@ def merge_many(
                 report.pairs = list(target_of.items())
                 involved = {*target_of, *target_of.values()}
                 missing -= set(stored)
+        if missing:  # wrong keys, or rows deleted after this transaction's snapshot
+            refuse_missing(connection, table, missing, not_found_error(table, missing))
         values_of = referred_values_of_keys(connection, table, keys, involved, missing)
         return list(target_of.items()), values_of
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import ArgumentError
 from . import _statements as sql
 from ._backend import backend_of
 from ._keys import AnyColumn, ReferencingKey, python_type_of
+from ._locks import snapshot_outdated
 from ._route import Bind
 from .exc import MergeCycleError, ReferencesError, RowNotFoundError
 
@@ -182,17 +183,14 @@ def fetch_row(
     pk = list(table.primary_key.columns)
     statement = select(table).where(sql.matches(pk, key))
     if lock and isinstance(bind, Connection) and backend_of(bind).row_locks:
-        statement = statement.with_for_update()
-    row = bind.execute(statement).first()
+        with snapshot_outdated(bind, table, [key]):
+            row = bind.execute(statement.with_for_update()).first()
+    else:
+        row = bind.execute(statement).first()
     if row is None and missing_ok:
         return None
     if row is None:
-        raise RowNotFoundError(
-            f"{role} row {key!r} not found in {table.fullname}",
-            table=table.fullname,
-            keys=[key],
-            role=role,
-        )
+        raise not_found_error(table, {key}, role)
     return {column: row._mapping[column] for column in table.columns}
 
 
@@ -304,15 +302,20 @@ def _row_queries(
     return queries
 
 
+def not_found_error(table: Table, missing: set[Values], role: str = "") -> RowNotFoundError:
+    """The error for keys of ``table`` without a row (``role``: of one source or target)."""
+    first = sorted(missing, key=repr)[:5]
+    if role:
+        message = f"{role} row {first[0]!r} not found in {table.fullname}"
+    else:
+        shown = ", ".join(repr(k) for k in first)
+        message = f"{len(missing)} key(s) not found in {table.fullname}: {shown}"
+    return RowNotFoundError(message, table=table.fullname, keys=first, role=role)
+
+
 def _refuse_missing(table: Table, missing: set[Values]) -> None:
     if missing:
-        first = sorted(missing, key=repr)[:5]
-        shown = ", ".join(repr(k) for k in first)
-        raise RowNotFoundError(
-            f"{len(missing)} key(s) not found in {table.fullname}: {shown}",
-            table=table.fullname,
-            keys=first,
-        )
+        raise not_found_error(table, missing)
 
 
 def pairs_by_key(

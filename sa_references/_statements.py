@@ -134,12 +134,28 @@ def _filled(unique: UniqueKey, rest: Sequence[AnyColumn]) -> list[ColumnElement[
     return [] if unique.nulls_not_distinct else [c.is_not(None) for c in rest]
 
 
+def current(statement: Select[Any], locking: bool) -> Select[Any]:
+    """``statement`` as a locking read (``FOR SHARE`` / ``LOCK IN SHARE MODE``) when
+    ``locking``: on InnoDB a plain read, a subquery's too, answers from the REPEATABLE READ
+    snapshot, a locking one sees the latest committed rows (as the UPDATE will)."""
+    return statement.with_for_update(read=True) if locking else statement
+
+
+def _exists(criteria: Sequence[ColumnElement[bool]], locking: bool) -> Any:
+    """``EXISTS (SELECT * ... WHERE criteria)``, a locking read when ``locking``."""
+    if not locking:
+        return exists().where(*criteria)
+    return current(select(literal_column("*")).where(*criteria), locking).exists()
+
+
 @cached
-def conflicting_rows(key: ReferencingKey, unique: UniqueKey) -> Select[Any]:
+def conflicting_rows(key: ReferencingKey, unique: UniqueKey, locking: bool = False) -> Select[Any]:
     """Identities of the source's rows that would clash on ``unique`` once re-pointed.
 
     A source row clashes when another row, not moving, already holds the
     values the source row would have after the update.  NULLs never clash.
+    ``locking``: every read of the statement, the subquery's included, is a locking read
+    (see :func:`current`).
     """
     table = key.table
     other = table.alias("other")
@@ -153,11 +169,9 @@ def conflicting_rows(key: ReferencingKey, unique: UniqueKey) -> Select[Any]:
         criteria.append(
             or_(*(other.c[c.key].is_distinct_from(p) for c, p in zip(key.columns, sources)))
         )
-    return (
-        select(*key.identity)
-        .where(_from_source(key), exists().where(*criteria))
-        .order_by(*key.identity)
-    )
+    clashing = _exists(criteria, locking)
+    statement = select(*key.identity).where(_from_source(key), clashing).order_by(*key.identity)
+    return current(statement, locking)
 
 
 @cached
@@ -295,7 +309,7 @@ def batch_self_references(key: ReferencingKey, mapping: Any) -> Select[Any]:
     return select(*key.identity, *sources).where(_joined(key, mapping), *own)
 
 
-def batch_conflicts(key: ReferencingKey, mapping: Any) -> Select[Any]:
+def batch_conflicts(key: ReferencingKey, mapping: Any, locking: bool = False) -> Select[Any]:
     """The rows a batch may be unable to re-point, with what ranking them takes.
 
     A moving row cannot move when a row that is not moving already holds its
@@ -318,6 +332,8 @@ def batch_conflicts(key: ReferencingKey, mapping: Any) -> Select[Any]:
 
     The mapping table is named once (MySQL's "can't reopen" rule); the target's
     own row of a self-referential key is left out: it is cleared, not moved.
+    ``locking``: every read of the statement, its subqueries' included, is a locking read
+    (see :func:`current`).
     """
     table = key.table
     new_value = {c: mapping.c[f"tgt_{i}"] for i, c in enumerate(key.columns)}
@@ -356,7 +372,7 @@ def batch_conflicts(key: ReferencingKey, mapping: Any) -> Select[Any]:
             "rows": (None, None),
         }
         columns += [
-            case((exists().where(*existing), 1), else_=0).label(f"clash_{n}"),
+            case((_exists(existing, locking), 1), else_=0).label(f"clash_{n}"),
             case((and_(true(), *_filled(unique, rest)), 1), else_=0).label(f"filled_{n}"),
             func.count().over(**window).label(f"size_{n}"),
             *(
@@ -364,7 +380,7 @@ def batch_conflicts(key: ReferencingKey, mapping: Any) -> Select[Any]:
                 for j, c in enumerate(key.identity)
             ),
         ]
-    ranked = select(*columns).where(*moving).subquery("ranked")
+    ranked = current(select(*columns).where(*moving), locking).subquery("ranked")
     for n in range(len(key.unique_keys)):
         clash, filled, size = (ranked.c[f"{name}_{n}"] for name in ("clash", "filled", "size"))
         candidate.append(or_(clash == 1, and_(filled == 1, size > 1)))
@@ -378,11 +394,12 @@ def batch_conflicts(key: ReferencingKey, mapping: Any) -> Select[Any]:
             *(f"first_{n}_{j}" for j in range(len(key.identity))),
         )
     ]
-    return (
+    statement = (
         select(*identity, *(ranked.c[f"src_{i}"] for i in range(len(key.columns))), *flags)
         .where(or_(false(), *candidate))
         .order_by(*identity)
     )
+    return current(statement, locking)
 
 
 def batch_repoint(key: ReferencingKey, mapping: Any, keep: Any = None) -> Update:

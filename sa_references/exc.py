@@ -155,8 +155,12 @@ class RowNotFoundError(ReferencesError):
 class ConcurrentMergeError(RowNotFoundError):
     """Rows being merged were merged away or deleted by another transaction.
 
-    Retryable: roll the transaction back and run it again (the merge will then
-    see the rows as they are now).
+    Raised when this transaction had seen the row (a loaded object, or a row of its
+    REPEATABLE READ snapshot) and the merge's lock finds it gone, or on PostgreSQL
+    cannot lock it (a serialization failure, chained as ``__cause__``); a key that
+    never had a row is a plain :class:`RowNotFoundError` (see the docs' "Rows gone
+    meanwhile").  Retryable: roll the transaction back and run it again (the merge
+    will then see the rows as they are now).
     """
 
 
