@@ -367,7 +367,7 @@ def apply_plans(
 
     Where the backend combines UPDATEs, consecutive single-pair keys of
     distinct tables that only need their plain UPDATE (nothing to clear,
-    delete or leave, nothing to fetch) run as one statement
+    delete or leave, nothing to fetch, no ``onupdate`` column) run as one statement
     (:func:`apply_together`); a key of a table already in the pending run, or
     one whose conflicts are read again, starts after it.
     """
@@ -402,7 +402,7 @@ def apply_plans(
             if plan.conflicts and on_conflict == "raise":
                 raise MergeConflictError(plan.conflicts)
         plain = plan.pair is not None and not plan.self_references and not plan.conflicts
-        if together and plain:
+        if together and plain and not _sets_on_update(key):
             run.append(plan)
             run_tables.add(key.table)
             continue
@@ -411,6 +411,13 @@ def apply_plans(
         updated.add(key.table)
     send_run()
     return results, moves
+
+
+def _sets_on_update(key: ReferencingKey) -> bool:
+    """Whether an UPDATE of ``key.table`` gives a column an ``onupdate`` value of
+    SQLAlchemy's (a Python value or SQL expression): a statement of data-modifying CTEs
+    (:func:`apply_together`) would leave it out, so such keys run their own UPDATE."""
+    return any(column.onupdate is not None for column in key.table.columns)
 
 
 def apply_together(
@@ -479,37 +486,38 @@ def _apply_key(
     result.left = len(keep)
     moves.kept.update(keep)
     if plan.pair is not None:
-        moved = _repoint_pair(connection, plan, keep, fetch)
+        result.repointed, moved = _repoint_pair(connection, plan, keep, fetch)
     else:
-        moved = _repoint_mapped(connection, tables, plan, keep, fetch)
-    if isinstance(moved, int):
-        result.repointed = moved
-    else:
+        result.repointed, moved = _repoint_mapped(connection, tables, plan, keep, fetch)
+    if moved is not None:
         moves.moved = moved
-        result.repointed = len(moved)
     return result, moves
 
 
 def _repoint_pair(
     connection: Connection, plan: KeyPlan, keep: Sequence[Values], fetch: bool
-) -> int | dict[Values, Values]:
-    """One pair's UPDATE, by bound parameters; with ``fetch``, the moved rows by identity
-    (as they were before the UPDATE) and their new values."""
+) -> tuple[int, dict[Values, Values] | None]:
+    """One pair's UPDATE, by bound parameters: the rows it re-pointed and, with ``fetch``,
+    the moved rows by identity (as they were before the UPDATE) and their new values.
+
+    The count is the UPDATE's own (its rowcount, or its RETURNING rows): rows alike in
+    every identity column (a table without primary key) are one identity, several rows."""
     key = plan.key
     source, target = cast("tuple[Values, Values]", plan.pair)
     update = sql.repoint(key, keep)
     params = sql.pair_parameters(source, target)
     if not fetch:
-        return int(execute(connection, update, key, "re-pointing", params).rowcount)
+        return int(execute(connection, update, key, "re-pointing", params).rowcount), None
     backend = backend_of(connection)
     if backend.update_returning and not key.identity_overlaps_columns:
-        rows = execute(connection, update.returning(*key.identity), key, "re-pointing", params)
-        return {tuple(r): target for r in rows}
+        returned = execute(connection, update.returning(*key.identity), key, "re-pointing", params)
+        rows = returned.all()
+        return len(rows), {tuple(r): target for r in rows}
     selected = execute(connection, sql.rows_of(key), key, "reading", params).all()
     skip = set(keep) | set(plan.self_references)
     moved = {tuple(r): target for r in selected if tuple(r) not in skip}
-    execute(connection, update, key, "re-pointing", params)
-    return moved
+    count = execute(connection, update, key, "re-pointing", params).rowcount
+    return int(count), moved
 
 
 def _repoint_mapped(
@@ -518,21 +526,23 @@ def _repoint_mapped(
     plan: KeyPlan,
     keep: Sequence[Values],
     fetch: bool,
-) -> int | dict[Values, Values]:
-    """Many pairs' UPDATE, joined to their mapping; rows to keep listed in a table."""
+) -> tuple[int, dict[Values, Values] | None]:
+    """Many pairs' UPDATE, joined to their mapping; rows to keep listed in a table.  The
+    count is the UPDATE's own, as in :func:`_repoint_pair`."""
     key = plan.key
     kept = tables.identities(key.identity, dict.fromkeys(keep)) if keep else None
     update = sql.batch_repoint(key, plan.mapping, kept)
     if not fetch:
-        return rowcount(connection, update, key, "re-pointing")
+        return rowcount(connection, update, key, "re-pointing"), None
     width = len(key.identity)
     backend = backend_of(connection)
     if backend.update_returning_multifrom and not key.identity_overlaps_columns:
         returning = update.returning(*key.identity, *key.columns)
         rows = execute(connection, returning, key, "re-pointing").all()
+        count = len(rows)
     else:
         skip = set(keep)
         selected = execute(connection, sql.batch_rows(key, plan.mapping), key, "reading").all()
         rows = [r for r in selected if tuple(r[:width]) not in skip]
-        execute(connection, update, key, "re-pointing")
-    return {tuple(r[:width]): tuple(r[width:]) for r in rows}
+        count = rowcount(connection, update, key, "re-pointing")
+    return count, {tuple(r[:width]): tuple(r[width:]) for r in rows}

@@ -23,7 +23,6 @@ from sqlalchemy import (
     false,
     func,
     literal_column,
-    not_,
     or_,
     select,
     text,
@@ -202,7 +201,9 @@ def repoint(key: ReferencingKey, keep: Sequence[Values] = ()) -> Update:
     """``UPDATE table SET fk = :tgt WHERE fk = :src`` (rows in ``keep`` excluded)."""
     statement = _repoint(key)
     if keep:
-        statement = statement.where(not_(identity_in(key.identity, keep)))
+        # IS NOT TRUE, not NOT: a row with a NULL in its identity (a table without primary
+        # key) compares NULL to the kept identities, and NOT NULL would keep it too
+        statement = statement.where(identity_in(key.identity, keep).is_not(true()))
     return statement
 
 
