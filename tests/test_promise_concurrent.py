@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import inspect as sa_inspect
 
-from sa_references import ConcurrentMergeError, RowNotFoundError, merge_rows
+from sa_references import ConcurrentMergeError, RowNotFoundError, merge_many, merge_rows
 from tests.conftest import Backend
 from tests.promise_schemas import (
     ENTRY_POINTS,
@@ -312,6 +312,54 @@ def test_target_renamed_onto_a_clash_meanwhile(
         expected = [(1, 1, "OLD"), (2, 1, "NEW"), (3, 2, "OLD")]  # as before, renamed
         if error is None:
             expected = [(2, 1, "NEW"), (3, 2, "NEW")]
+            if on_conflict == "ignore":
+                expected.insert(0, (1, 1, "OLD"))
+        assert committed_rows(db, coupon) == expected
+
+
+@pytest.mark.parametrize("on_conflict", ["ignore", "delete", "raise"])
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "READ COMMITTED"])
+def test_target_renamed_onto_a_clash_meanwhile_in_a_batch(
+    db: Backend, isolation: str, on_conflict: str
+) -> None:
+    """test_target_renamed_onto_a_clash_meanwhile for a batch of two merges (the set-based
+    conflict check, ranked): the clash the rename made is found there too."""
+    md, customer, coupon = slotted_coupons()
+    data = {
+        customer: [{"id": 1, "code": "OLD"}, {"id": 2, "code": "KEEP"}, {"id": 3, "code": "O3"}],
+        coupon: [
+            {"id": 1, "slot": 1, "customer_code": "OLD"},
+            {"id": 2, "slot": 1, "customer_code": "KEEP"},
+            {"id": 3, "slot": 2, "customer_code": "OLD"},
+            {"id": 4, "slot": 3, "customer_code": "O3"},
+        ],
+    }
+    with committed(db, md, data):
+        engine = db.engine.execution_options(isolation_level=isolation)
+        with engine.connect() as connection:
+            connection.begin()
+            connection.execute(select(coupon)).all()  # takes the REPEATABLE READ snapshot
+            with db.engine.begin() as other:
+                other.execute(customer.update().where(customer.c.id == 2).values(code="NEW"))
+            error: Any = None
+            try:
+                merge_many(connection, customer, [(1, 2), (3, 2)], on_conflict=on_conflict)
+            except Exception as raised:
+                error = raised
+            if db.name == "postgresql" and isolation == "REPEATABLE READ":
+                assert type(error) is ConcurrentMergeError, f"{type(error).__name__}: {error}"
+            elif on_conflict == "raise":
+                assert type(error).__name__ == "MergeConflictError", f"{error!r}"
+            else:
+                assert error is None, f"{type(error).__name__}: {error}"
+            still_usable(connection)
+            if error is None:
+                connection.commit()
+            else:
+                connection.rollback()
+        expected = [(1, 1, "OLD"), (2, 1, "NEW"), (3, 2, "OLD"), (4, 3, "O3")]
+        if error is None:
+            expected = [(2, 1, "NEW"), (3, 2, "NEW"), (4, 3, "NEW")]
             if on_conflict == "ignore":
                 expected.insert(0, (1, 1, "OLD"))
         assert committed_rows(db, coupon) == expected
