@@ -5,8 +5,19 @@ Each example builds a fresh schema -- 1 to 6 referencing tables on a new
 ``p<n>_...`` -- with single and composite foreign keys, keys to a unique
 non-primary column, a self-referential key, unique constraints over foreign key
 columns, association tables, tables without a primary key, tables holding two
-keys to the merged table and joined inheritance.  It fills it with random rows,
-then runs a random sequence of merges: ``merge_into`` on ORM objects,
+keys to the merged table and joined inheritance; mapped association objects (a
+primary key holding the foreign key, partitioned by it on PostgreSQL), Python
+``onupdate`` columns, multi-tenant keys sharing a column (refused with
+SharedColumnError when the tenant would change), tables without a primary key
+holding NULLs and JSON, and child tables below the referencing rows whose keys
+say ON DELETE CASCADE / SET NULL / NO ACTION (followed by on_conflict="delete",
+listed in report.cascaded, or refused with DeleteRestrictedError) and, where
+they include the re-pointed column (an order line's (order_id, customer_id)),
+ON UPDATE CASCADE / NO ACTION / SET NULL (followed where enforced, else
+SharedColumnError).  On servers the rows are now and then committed and another
+connection renames a referred ``code`` after the session loaded (and MariaDB took
+its REPEATABLE READ snapshot): the merge must use the locked row's values.  It
+fills it with random rows, then runs a random sequence of merges: ``merge_into`` on ORM objects,
 ``merge_rows`` and ``merge_many`` on the tables, with every ``on_conflict``
 strategy, ``delete``, ``dry_run`` and ``on_self_reference`` option.
 
@@ -46,6 +57,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import (
+    DDL,
     JSON,
     Column,
     Engine,
@@ -59,6 +71,7 @@ from sqlalchemy import (
     inspect,
     select,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import RelationshipProperty, Session, registry, relationship
 from sqlalchemy.orm.exc import StaleDataError
@@ -125,8 +138,15 @@ class RefSpec:
     onupdate: bool = False
     #: a child table ``c<n>`` below the rows: its key's ON DELETE (none: no child table)
     child: str = "none"
-    #: assoc(obj): the child key's ON UPDATE (it refers to the re-pointed column)
+    #: the child key's ON UPDATE, where it refers to the re-pointed column (assoc(obj), and
+    #: plain with ``child_wide``)
     child_update: str = "cascade"
+    #: plain: the child's key is (id, fk) -> a unique (id, fk) of the row (an order line's
+    #: (order_id, customer_id) -> orders(id, customer_id)), not (id) -> id
+    child_wide: bool = False
+    #: assoc(obj), on PostgreSQL: partitioned by HASH of the foreign key's first column
+    #: (re-pointing moves rows between partitions); other backends ignore it
+    partitioned: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,6 +182,8 @@ def schema_specs(draw: Any) -> SchemaSpec:
         kind = draw(st.sampled_from(kinds))
         unique = draw(st.sampled_from(UNIQUES[kind]))
         below = kind in ("assoc", "assocobj") or (kind == "plain" and unique != "none")
+        wide = kind == "plain" and draw(st.booleans())
+        below = below or wide
         refs.append(
             RefSpec(
                 kind=kind,
@@ -172,9 +194,11 @@ def schema_specs(draw: Any) -> SchemaSpec:
                 child=draw(st.sampled_from(CHILD_RULES)) if below else "none",
                 child_update=(
                     draw(st.sampled_from(["cascade"] * 6 + ["no action", "set null"]))
-                    if below and kind != "plain"
+                    if below and (kind != "plain" or wide)
                     else "cascade"
                 ),
+                child_wide=wide,
+                partitioned=kind in ("assoc", "assocobj") and draw(st.booleans()),
             )
         )
     return SchemaSpec(composite, code, self_ref, inheritance, tuple(refs))
@@ -211,6 +235,9 @@ class Schema:
     pk: tuple[str, ...]
     classes: dict[str, Any] = field(default_factory=dict)
     keys: list[MKey] = field(default_factory=list)  # keys to main/sub, library order
+    #: another connection changed committed rows: snapshots read the current rows (on
+    #: MariaDB a plain read answers from the REPEATABLE READ snapshot taken before)
+    current_reads: bool = False
     all_fks: list[MKey] = field(default_factory=list)  # every FK, for delete checks
 
     @property
@@ -287,7 +314,12 @@ def build_schema(spec: SchemaSpec) -> Schema:
             fk = _fk_columns(spec, ref.target, side, ref.nullable, in_pk)
             cols += fk
             fk_sets.append([c.name for c in fk])
-            cols.append(ForeignKeyConstraint([c.name for c in fk], referred_names))
+            # nullable keys to the unique code follow a rename (see rename_meanwhile;
+            # MariaDB refuses ON UPDATE CASCADE from a NOT NULL column to a nullable one)
+            onupdate = "CASCADE" if ref.target == "code" and ref.nullable else None
+            cols.append(
+                ForeignKeyConstraint([c.name for c in fk], referred_names, onupdate=onupdate)
+            )
         fk_names = fk_sets[0] if fk_sets else []
         if ref.kind == "plain":
             cols += [
@@ -302,6 +334,8 @@ def build_schema(spec: SchemaSpec) -> Schema:
                 cols.append(UniqueConstraint(*fk_names, "val2"))
             if ref.onupdate:
                 cols.append(Column("touched", Integer, nullable=False, default=0, onupdate=1))
+            if ref.child_wide:
+                cols.append(UniqueConstraint("id", *fk_names))
         elif ref.kind == "pair" and ref.unique == "both":
             cols.append(UniqueConstraint(*fk_sets[0], *fk_sets[1]))
         elif ref.kind in ("assoc", "assocobj"):
@@ -313,9 +347,18 @@ def build_schema(spec: SchemaSpec) -> Schema:
             cols.append(Column("doc", JSON(none_as_null=True), nullable=True))
             if ref.unique == "fk_tag":
                 cols.append(UniqueConstraint(*fk_names, "tag"))
-        tables[short] = parent = Table(f"{prefix}{short}", md, *cols)
+        kw = {"postgresql_partition_by": f"HASH ({fk_names[0]})"} if ref.partitioned else {}
+        tables[short] = parent = Table(f"{prefix}{short}", md, *cols, **kw)
+        for n in range(2) if ref.partitioned else ():
+            partition = DDL(
+                f"CREATE TABLE {parent.name}_p{n} PARTITION OF {parent.name} "
+                f"FOR VALUES WITH (MODULUS 2, REMAINDER {n})"
+            )
+            sa_event.listen(parent, "after_create", partition.execute_if(dialect="postgresql"))
         if ref.child != "none":
             referred_cols = [c.name for c in parent.primary_key.columns]
+            if ref.child_wide:
+                referred_cols = ["id", *fk_names]
             child_cols = [f"p_{c}" for c in referred_cols]
             rules = {"no action": None}
             tables[f"c{i}"] = Table(
@@ -837,7 +880,8 @@ def draw_rows(data: Any, schema: Schema) -> dict[str, list[Row]]:
         rows[short] = kept
         if ref.child != "none":
             child = schema.tables[f"c{i}"]
-            referred = [c.name for c in table.primary_key.columns]
+            (child_fk,) = child.foreign_key_constraints
+            referred = [e.column.name for e in child_fk.elements]
             width = len(referred)
             # most parent rows get a child, so that the rules fire below a clash
             parents = [vals(r, tuple(referred)) for r in kept] + [(None,) * width]
@@ -869,10 +913,60 @@ def insert_rows(connection: Any, schema: Schema, rows: dict[str, list[Row]]) -> 
 
 
 def snapshot(connection: Any, schema: Schema) -> dict[str, list[Values]]:
-    return {
-        short: sorted((tuple(r) for r in connection.execute(select(table))), key=sort_key)
-        for short, table in sorted(schema.tables.items())
-    }
+    found = {}
+    for short, table in sorted(schema.tables.items()):
+        statement = select(table)
+        if schema.current_reads and connection.dialect.name == "mysql":
+            statement = statement.with_for_update(read=True)
+        found[short] = sorted((tuple(r) for r in connection.execute(statement)), key=sort_key)
+    return found
+
+
+def rename_meanwhile(engine: Engine, model: Model, step: Step, data: Any) -> bool:
+    """Another connection renames the ``code`` of the first pair's source or target and
+    commits, after the session loaded its objects (and, on MariaDB, after the transaction
+    took its REPEATABLE READ snapshot): the merge must read the referred values from the
+    row it locks.  The keys to ``code`` are ON UPDATE CASCADE: the rows referring to the
+    old value follow it (nothing is renamed where a child's key would not follow)."""
+    schema = model.schema
+    pk = data.draw(st.sampled_from(step.pairs[0]), label="renamed row")
+    rows = copy.deepcopy(model.rows)
+    main = model.main_row(rows, pk)
+    old, new = main["code"], f"n{pk[-1]}"
+    main["code"] = new
+    changed: list[tuple[MKey, Row, Row]] = []
+    for fk in schema.all_fks:
+        if fk.ref_table == "main" and fk.ref_cols == ("code",) and old is not None:
+            for row in rows[fk.table]:
+                if row[fk.cols[0]] == old:
+                    if fk.onupdate != "CASCADE":
+                        return False  # the database refuses the rename
+                    changed.append((fk, dict(row), row))
+                    row[fk.cols[0]] = new
+    for fk, before, after in changed:
+        for dep in model.dependents(fk.table):
+            if not set(dep.ref_cols) & set(fk.cols):
+                continue
+            hit = [c for c in rows[dep.table] if vals(c, dep.cols) == vals(before, dep.ref_cols)]
+            if hit and dep.onupdate != "CASCADE":
+                return False
+            for child in hit:
+                child.update(zip(dep.cols, vals(after, dep.ref_cols)))
+    main_table = schema.main
+    with engine.begin() as other:
+        if engine.dialect.name == "postgresql":
+            other.exec_driver_sql("SET lock_timeout = '10s'")
+        else:
+            other.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 10")
+        where = [main_table.c[c] == v for c, v in zip(schema.pk, pk)]
+        other.execute(main_table.update().where(*where).values(code=new))
+    model.rows.clear()
+    model.rows.update(rows)
+    schema.current_reads = True
+    event(
+        f"code renamed by another connection ({'source' if pk == step.pairs[0][0] else 'target'})"
+    )
+    return True
 
 
 def model_snapshot(schema: Schema, rows: dict[str, list[Row]]) -> dict[str, list[Values]]:
@@ -1413,16 +1507,25 @@ def test_random_merges_match_the_model(
     queueing = data.draw(st.booleans(), label="queueing")
     session_class = ReferencesSession if queueing else Session
     kinds = ["session" if queueing else "orm", "rows", "many"]
+    # servers: the rows committed, and another connection renames a referred value
+    concurrent = engine.dialect.name != "sqlite" and spec.code
+    concurrent = concurrent and data.draw(st.booleans(), label="concurrent")
+    if concurrent:
+        event("rows committed, for another connection")
     create_schema(engine, schema)
     try:
+        rows = draw_rows(data, schema)
+        note(f"rows: {rows} ({'committed' if concurrent else 'in the transaction'})")
+        if concurrent:
+            with engine.begin() as connection:
+                insert_rows(connection, schema, rows)
         with engine.connect() as connection:
             transaction = connection.begin()
             session = session_class(bind=connection, join_transaction_mode="create_savepoint")
             try:
-                rows = draw_rows(data, schema)
-                note(f"rows: {rows}")
-                insert_rows(connection, schema, rows)
-                model = Model(schema, rows, foreign_keys)
+                if not concurrent:
+                    insert_rows(connection, schema, rows)
+                model = Model(schema, copy.deepcopy(rows), foreign_keys)
                 assert snapshot(connection, schema) == model_snapshot(schema, rows)
                 for number in range(data.draw(st.integers(1, 4), label="steps")):
                     step = draw_step(data, model, kinds)
@@ -1432,6 +1535,11 @@ def test_random_merges_match_the_model(
                     if step.kind in ("orm", "session"):
                         load_some(session, schema, data.draw(st.randoms(use_true_random=False)))
                         check_identity_map(session)
+                    if concurrent and number == 0 and rename_meanwhile(engine, model, step, data):
+                        note(f"renamed: {model.rows['main']}")
+                        # what the rename changed is stale in memory, the ORM's business
+                        # (the merge must not use it: it reads the rows it locks)
+                        session.expire_all()
                     before = snapshot(connection, schema)
                     check = check_session_step if step.kind == "session" else check_step
                     model = check(session, connection, model, step, before)
