@@ -36,7 +36,7 @@ paste the blob decorator above the test.  ``SA_REFERENCES_EXAMPLES=<n>`` (defaul
 50 per backend) searches longer; ``SA_REFERENCES_NO_SHRINK=1`` skips shrinking;
 ``--hypothesis-show-statistics`` shows what the steps did and which of the
 KNOWN_BUGS (open bugs tolerated here, each pinned by a strict xfail at the end
-of this file; none today) the examples ran into.  The schema is created and dropped
+of this file) the examples ran into.  The schema is created and dropped
 outside the merge transaction (MariaDB commits implicitly on DDL); the data
 lives inside a transaction rolled back after each example.
 """
@@ -65,6 +65,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     UniqueConstraint,
@@ -100,7 +101,14 @@ EXAMPLES = int(os.environ.get("SA_REFERENCES_EXAMPLES", "50"))
 PHASES = [p for p in Phase if not (p is Phase.shrink and os.environ.get("SA_REFERENCES_NO_SHRINK"))]
 
 #: library bugs the property tolerates (each has a strict-xfail test below); remove once fixed
-KNOWN_BUGS: dict[str, str] = {}
+KNOWN_BUGS: dict[str, str] = {
+    "mariadb-renamed-conflicts": (
+        "MariaDB, REPEATABLE READ: another transaction renamed a referred value (ON UPDATE "
+        "CASCADE carried rows onto the source) after the snapshot; a batch's conflict query "
+        "does not see those rows, and the UPDATE fails with a raw IntegrityError 'Duplicate "
+        "entry' (on_conflict raise, delete and ignore alike)"
+    ),
+}
 PAIR_SUFFIX = "_PAIR"  # class names of tables holding two keys to the merged table
 
 
@@ -1032,7 +1040,10 @@ class Stale:
 def identity_map_problems(session: Session) -> list[Stale]:
     """Every loaded attribute of the identity map that differs from a fresh Session's view."""
     problems = []
-    with Session(bind=session.connection(), join_transaction_mode="create_savepoint") as fresh:
+    connection = session.connection()
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as fresh:
+        if session.info.get("current_reads") and connection.dialect.name == "mysql":
+            sa_event.listen(fresh, "do_orm_execute", _current_read)
         for state in list(session.identity_map.all_states()):
             obj = state.obj()
             if obj is None:
@@ -1060,6 +1071,14 @@ def identity_map_problems(session: Session) -> list[Stale]:
                 if mine != theirs:
                     problems.append(Stale(obj, prop.key, mine, theirs, detached))
     return problems
+
+
+def _current_read(state: Any) -> None:
+    """Another connection changed committed rows: read them as they are now, not from the
+    REPEATABLE READ snapshot (loaded objects may hold either: the library's locking reads
+    bring current values)."""
+    if state.is_select and isinstance(state.statement, Select):  # not a FromStatement
+        state.statement = state.statement.with_for_update(read=True)
 
 
 def check_identity_map(session: Session) -> None:
@@ -1320,6 +1339,15 @@ def check_step(session: Session, connection: Any, model: Model, step: Step, befo
     return run.compare(expected)
 
 
+def tolerated(connection: Any, model: Model, error: BaseException) -> bool:
+    """Whether ``error`` (that changed nothing) is one of KNOWN_BUGS."""
+    renamed = connection.dialect.name == "mysql" and model.schema.current_reads
+    if renamed and isinstance(error, IntegrityError) and "Duplicate entry" in str(error):
+        known_bug("mariadb-renamed-conflicts", f": {error.orig}")
+        return True
+    return False
+
+
 def expect(compute: Callable[[], Outcome]) -> Outcome | Expected:
     try:
         return compute()
@@ -1347,6 +1375,8 @@ class Run:
             assert after == self.before, f"{error!r} left changes behind"
             if step.kind in ("orm", "session"):
                 check_identity_map(session)
+            if tolerated(self.connection, model, error):
+                return model
             assert isinstance(expected, Expected), f"unexpected {error!r}\n{step}"
             assert type(error) is expected.kind or (
                 expected.kind is IntegrityError and isinstance(error, IntegrityError)
@@ -1451,6 +1481,8 @@ class Flush:
         if error is not None:
             assert after == self.before, f"{error!r} left changes behind"
             check_identity_map(session)
+            if tolerated(self.connection, model, error):
+                return model
             assert isinstance(outcomes, Expected), f"unexpected {error!r}\n{step}"
             assert type(error) is outcomes.kind or (
                 outcomes.kind is IntegrityError and isinstance(error, IntegrityError)
@@ -1540,6 +1572,12 @@ def test_random_merges_match_the_model(
                         # what the rename changed is stale in memory, the ORM's business
                         # (the merge must not use it: it reads the rows it locks)
                         session.expire_all()
+                        session.info["current_reads"] = True
+                        if engine.dialect.name == "mysql":
+                            # the session loads rows as they are now, as the fresh one
+                            # that checks it does: a plain read on MariaDB answers from
+                            # the snapshot, and objects would hold either
+                            sa_event.listen(session, "do_orm_execute", _current_read)
                     before = snapshot(connection, schema)
                     check = check_session_step if step.kind == "session" else check_step
                     model = check(session, connection, model, step, before)
@@ -2031,3 +2069,78 @@ def test_row_with_a_null_beside_a_kept_row_moves(
 
 def rows_of(rows: list[Row]) -> list[Values]:
     return [(r["ref_id"], r["tag"]) for r in rows]
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+def test_rows_renamed_onto_the_source_meanwhile_are_counted(
+    prop_engine: tuple[Engine, bool],
+) -> None:
+    """Servers: another connection renames the source's code (ON UPDATE CASCADE carries the
+    referencing row) after the merge's transaction read; the target has no code, so the
+    merge must be refused.  On MariaDB the count of the source's rows answered from the
+    REPEATABLE READ snapshot (the row still held the old code): nothing was refused, and
+    deleting the source failed with a raw IntegrityError."""
+    engine, _ = prop_engine
+    spec = SchemaSpec(False, True, False, False, (RefSpec("plain", "code", True, "none"),))
+    schema = build_schema(spec)
+    create_schema(engine, schema)
+    try:
+        rows = {
+            "main": [{"id": 1, "code": "c1"}, {"id": 2, "code": None}],
+            "r0": [{"id": 1, "ref_code": "c1", "val": 0, "val2": 0}],
+        }
+        with engine.begin() as connection:
+            insert_rows(connection, schema, rows)
+        main = schema.main
+        with engine.connect() as connection, connection.begin():
+            connection.execute(select(schema.tables["r0"])).all()  # the snapshot (MariaDB)
+            with engine.begin() as other:
+                other.execute(main.update().where(main.c.id == 1).values(code="n1"))
+            with pytest.raises(ReferencesError, match="target's code is"):
+                merge_rows(connection, main, 1, 2, delete=True)
+    finally:
+        drop_schema(engine, schema)
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+@pytest.mark.parametrize("on_conflict", ON_CONFLICT)
+def test_conflicts_of_rows_renamed_onto_the_source_meanwhile(
+    prop_engine: tuple[Engine, bool], request: pytest.FixtureRequest, on_conflict: str
+) -> None:
+    """Unique (ref_code, val): another connection renames the source's code c1 to n1 (ON
+    UPDATE CASCADE carries its row) after the merge's transaction read; merging 1 and 3
+    into 2 (a batch: one pair alone is read right), that row clashes with the target's
+    (c2, 0).  KNOWN_BUGS["mariadb-renamed-conflicts"]."""
+    engine, _ = prop_engine
+    if engine.dialect.name == "mysql":
+        reason = KNOWN_BUGS["mariadb-renamed-conflicts"]
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    spec = SchemaSpec(False, True, False, False, (RefSpec("plain", "code", True, "fk_val"),))
+    schema = build_schema(spec)
+    create_schema(engine, schema)
+    try:
+        rows = {
+            "main": [{"id": 1, "code": "c1"}, {"id": 2, "code": "c2"}, {"id": 3, "code": "c3"}],
+            "r0": [
+                {"id": 1, "ref_code": "c1", "val": 0, "val2": 0},
+                {"id": 2, "ref_code": "c2", "val": 0, "val2": 0},
+            ],
+        }
+        with engine.begin() as connection:
+            insert_rows(connection, schema, rows)
+        main, r0 = schema.main, schema.tables["r0"]
+        with engine.connect() as connection, connection.begin():
+            connection.execute(select(r0)).all()  # the snapshot (MariaDB)
+            with engine.begin() as other:
+                other.execute(main.update().where(main.c.id == 1).values(code="n1"))
+            pairs = [(1, 2), (3, 2)]
+            if on_conflict == "raise":
+                with pytest.raises(MergeConflictError):
+                    merge_many(connection, main, pairs)
+                return
+            report = merge_many(connection, main, pairs, on_conflict=on_conflict)
+            assert (report.rowcount, report.deleted, report.left) == (
+                (0, 1, 0) if on_conflict == "delete" else (0, 0, 1)
+            )
+    finally:
+        drop_schema(engine, schema)
