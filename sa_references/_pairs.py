@@ -356,8 +356,14 @@ def pairs_by_key(
 def refuse_references(
     connection: Connection, key: ReferencingKey, source: Values, target: Values
 ) -> None:
-    """Raise if rows reference ``source`` through ``key``: the target lacks referred values."""
-    count = connection.execute(sql.count_references(key), sql.pair_parameters(source)).scalar_one()
+    """Raise if rows reference ``source`` through ``key``: the target lacks referred values.
+
+    A current read (on InnoDB a locking one): rows another transaction committed since the
+    REPEATABLE READ snapshot (re-pointed to the source by an ON UPDATE CASCADE, say) count."""
+    statement = sql.count_references(key)
+    if backend_of(connection).snapshot_reads:
+        statement = statement.with_for_update(read=True)
+    count = connection.execute(statement, sql.pair_parameters(source)).scalar_one()
     if count:
         raise ReferencesError(
             f"cannot re-point {count} row(s) of {key.name}: the target's "
