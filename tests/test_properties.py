@@ -101,14 +101,7 @@ EXAMPLES = int(os.environ.get("SA_REFERENCES_EXAMPLES", "50"))
 PHASES = [p for p in Phase if not (p is Phase.shrink and os.environ.get("SA_REFERENCES_NO_SHRINK"))]
 
 #: library bugs the property tolerates (each has a strict-xfail test below); remove once fixed
-KNOWN_BUGS: dict[str, str] = {
-    "mariadb-renamed-conflicts": (
-        "MariaDB, REPEATABLE READ: another transaction renamed a referred value (ON UPDATE "
-        "CASCADE carried rows onto the source) after the snapshot; a batch's conflict query "
-        "does not see those rows, and the UPDATE fails with a raw IntegrityError 'Duplicate "
-        "entry' (on_conflict raise, delete and ignore alike)"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 PAIR_SUFFIX = "_PAIR"  # class names of tables holding two keys to the merged table
 
 
@@ -1340,11 +1333,7 @@ def check_step(session: Session, connection: Any, model: Model, step: Step, befo
 
 
 def tolerated(connection: Any, model: Model, error: BaseException) -> bool:
-    """Whether ``error`` (that changed nothing) is one of KNOWN_BUGS."""
-    renamed = connection.dialect.name == "mysql" and model.schema.current_reads
-    if renamed and isinstance(error, IntegrityError) and "Duplicate entry" in str(error):
-        known_bug("mariadb-renamed-conflicts", f": {error.orig}")
-        return True
+    """Whether ``error`` (that changed nothing) is one of KNOWN_BUGS (none open now)."""
     return False
 
 
@@ -2110,11 +2099,8 @@ def test_conflicts_of_rows_renamed_onto_the_source_meanwhile(
     """Unique (ref_code, val): another connection renames the source's code c1 to n1 (ON
     UPDATE CASCADE carries its row) after the merge's transaction read; merging 1 and 3
     into 2 (a batch: one pair alone is read right), that row clashes with the target's
-    (c2, 0).  KNOWN_BUGS["mariadb-renamed-conflicts"]."""
+    (c2, 0).  Found by the property test; fixed with locking conflict reads (#13.17)."""
     engine, _ = prop_engine
-    if engine.dialect.name == "mysql":
-        reason = KNOWN_BUGS["mariadb-renamed-conflicts"]
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     spec = SchemaSpec(False, True, False, False, (RefSpec("plain", "code", True, "fk_val"),))
     schema = build_schema(spec)
     create_schema(engine, schema)
