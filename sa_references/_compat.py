@@ -21,6 +21,12 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.compiler import Compiled
 
+#: ``typing.Self`` (Python 3.11+), else typing_extensions', a dependency of SQLAlchemy itself
+if sys.version_info >= (3, 11):
+    from typing import Self as Self
+else:
+    from typing_extensions import Self as Self
+
 __all__ = [
     "add_note",
     "all_registries",

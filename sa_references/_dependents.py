@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Select, Table, false, func, inspect, select
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Mapper, Session, registry
 
@@ -17,6 +18,8 @@ from ._route import bind_arguments_for, check_bind
 from .exc import ReferencesError
 
 Values = tuple[Any, ...]
+#: what iterating a :class:`Dependents` yields: mapped objects, or rows
+T = TypeVar("T")
 
 
 class KeyDependents:
@@ -28,7 +31,7 @@ class KeyDependents:
     reflected tables).
     """
 
-    def __init__(self, owner: Dependents, key: ReferencingKey) -> None:
+    def __init__(self, owner: Dependents[Any], key: ReferencingKey) -> None:
         self._owner = owner
         self.key = key
         self.mapper: Mapper[Any] | None = (
@@ -68,15 +71,23 @@ class KeyDependents:
         return f"<KeyDependents {self.key.name}>"
 
 
-class Dependents:
+class Dependents(Generic[T]):
     """The rows that reference a row, grouped by referencing key.
 
     Nothing runs until iterated or counted, and each time the referenced
     row's current values are used.  Iteration loads each key's rows with one
-    query, keys in a deterministic order and rows by identity; :meth:`count`
-    counts every key in one statement without loading; :meth:`by_key` breaks
-    it down, association tables included.  A key whose referred value is NULL
-    (``customer.code``) references nothing and runs no query.
+    query, keys in a deterministic order and rows by identity.
+
+    What iteration yields is of one kind: for :func:`dependents` (an ORM
+    object), the mapped objects that reference it -- rows of tables no class
+    maps (plain association tables) are not among them; for
+    :func:`row_dependents`, :class:`~sqlalchemy.engine.Row` objects of every
+    referencing table.  :meth:`count` counts every referencing row, those of
+    unmapped tables included, in one statement without loading; :meth:`by_key`
+    breaks it down, and each key's rows are reachable there (a
+    :class:`KeyDependents` of an unmapped table yields rows).  A key whose
+    referred value is NULL (``customer.code``) references nothing and runs no
+    query.
 
     E.g.::
 
@@ -113,10 +124,14 @@ class Dependents:
         return None if any(v is None for v in values) else values
 
     def by_key(self) -> dict[ReferencingKey, KeyDependents]:
+        """Per referencing key, in a deterministic order, its rows (every key, unmapped
+        tables' included)."""
         return {key: KeyDependents(self, key) for key in self.keys}
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         for rows in self.by_key().values():
+            if self.load_objects and rows.mapper is None:
+                continue  # an unmapped table's rows: by_key() has them, count() counts them
             yield from rows
 
     def execute(self, statement: Select[Any], table: Table) -> Any:
@@ -150,13 +165,14 @@ class Dependents:
         return f"<Dependents of {self._description}: {len(self.keys)} key(s)>"
 
 
-def dependents(obj: object) -> Dependents:
-    """The rows that reference ``obj``, through ``object_session(obj)``.
+def dependents(obj: object) -> Dependents[object]:
+    """The mapped objects that reference ``obj``, through ``object_session(obj)``
+    (rows of unmapped tables: per key, in :meth:`Dependents.by_key`).
 
     E.g.::
 
-        for row in dependents(customer):
-            print(row)
+        for referrer in dependents(customer):
+            print(referrer)
     """
     state = instance_state(obj, "obj")
     session = state.session
@@ -184,7 +200,7 @@ def dependents(obj: object) -> Dependents:
     return Dependents(session, graph, keys, values_of, describe(state), registry=mapper.registry)
 
 
-def row_dependents(bind: Session | Connection, table: Table, key: Any) -> Dependents:
+def row_dependents(bind: Session | Connection, table: Table, key: Any) -> Dependents[Row[Any]]:
     """The rows that reference the row of ``table`` with primary key ``key``.
 
     For any :class:`~sqlalchemy.schema.Table`, reflected ones too; iteration

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+from typing import Any
+
+from sqlalchemy.exc import SAWarning
+
+from ._compat import Self
 from ._dependents import Dependents, dependents
 from ._merge import merge_into
 from ._options import (
@@ -50,9 +57,13 @@ class ReferencesMixin:
     # no __slots__: Flask-SQLAlchemy rebuilds the base from Base.__bases__ and copies its
     # __dict__, whose "__dict__" descriptor a slotted mixin makes the wrong one
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _warn_of_hidden_methods(cls)
+
     def merge_into(
         self,
-        target: object,
+        target: Self,
         *,
         on_conflict: OnConflict = "raise",
         delete: bool = False,
@@ -79,11 +90,28 @@ class ReferencesMixin:
             on_self_reference=on_self_reference,
         )
 
-    def dependents(self) -> Dependents:
-        """The rows that reference this object (lazy; see :class:`Dependents`).
+    def dependents(self) -> Dependents[object]:
+        """The mapped objects that reference this object (lazy; rows of unmapped tables
+        are per key in :meth:`Dependents.by_key`; see :class:`Dependents`).
 
         E.g.::
 
             print(customer.dependents().count())
         """
         return dependents(self)
+
+
+def _warn_of_hidden_methods(cls: type) -> None:
+    """A model attribute named ``merge_into`` or ``dependents`` (an HR schema's
+    ``dependents`` relationship) hides the mixin's method: said when the class is
+    declared; the functional forms keep working.  Methods overriding them are meant."""
+    for name in ("merge_into", "dependents"):
+        attribute = cls.__dict__.get(name)
+        if attribute is None or inspect.isfunction(attribute):
+            continue
+        warnings.warn(
+            f"{cls.__name__}.{name} hides ReferencesMixin.{name}(): "
+            f"use sa_references.{name}(obj) for {cls.__name__} objects",
+            SAWarning,
+            stacklevel=3,
+        )
