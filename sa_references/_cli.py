@@ -41,7 +41,7 @@ from ._cli_commands import (
     merge,
     merge_pairs,
 )
-from ._cli_demo import DEMO_INTRO, demo_commands, demo_database, shell_quote
+from ._cli_demo import DEMO_INTRO, demo_commands, demo_copy, demo_database, shell_quote
 from ._cli_input import (
     EXIT_COMMITTED_OUTPUT_FAILED,
     EXIT_DECLINED,
@@ -418,8 +418,10 @@ class Progress:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    with demo_database(args.db) as path:
-        url = f"sqlite:///{path}"
+    """Create the demo database and run the demo's commands on it; with ``--db`` they run on
+    a copy, so the file kept still holds the duplicates to try the commands on."""
+    with demo_database(args.db) as path, demo_copy(path, args.db is not None) as merged:
+        url = f"sqlite:///{merged}"
         print(f"Created {path}")
         print(DEMO_INTRO)
         for command in demo_commands(url):
@@ -431,4 +433,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 return status
     if args.db is None:
         print(f"Run `{PROG} demo --db shop.db` to keep the database and try the commands.")
+    else:
+        kept = shell_quote(f"sqlite:///{args.db}")
+        print(f"{args.db} holds the database as created, before these merges: try")
+        print(f"  {PROG} dependents {kept} customer 3")
+        print(f"  {PROG} merge {kept} customer 3 1 --on-conflict delete --delete --dry-run")
     return EXIT_OK

@@ -6,6 +6,7 @@ The database is built from the package data file ``demo.sql``.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -64,3 +65,15 @@ def _database_path(path: Path | None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="sa-references-demo-") as directory:
         yield Path(directory) / "shop.db"
+
+
+@contextlib.contextmanager
+def demo_copy(path: Path, copy: bool) -> Iterator[Path]:
+    """``path`` itself, or (``copy``) a temporary copy of it, removed afterwards."""
+    if not copy:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="sa-references-demo-") as directory:
+        target = Path(directory) / path.name
+        shutil.copyfile(path, target)
+        yield target

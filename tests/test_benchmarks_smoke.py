@@ -5,13 +5,15 @@ checks the report and the JSON file; and checks that the result checks
 really catch a merge that was not done.  The server-time rows (PostgreSQL and
 MariaDB only) are checked with synthetic results, and for real on each server
 given with ``--dburi``: in a scratch database beside the test database (its
-name plus ``_bench``, created when missing), since the benchmark drops and
-recreates a ``customer`` table of its own.
+name plus ``_bench``, created when missing and dropped afterwards), since the
+benchmark drops and recreates a ``customer`` table of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +88,34 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown case" in capsys.readouterr().err
 
 
-def scratch_url(db: SuiteBackend) -> str:
-    """A database beside the test database on the same server (created when missing)."""
+@contextlib.contextmanager
+def scratch_url(db: SuiteBackend) -> Iterator[str]:
+    """A database beside the test database on the same server, created for the run when
+    missing and then dropped again (the test command leaves nothing behind)."""
     url = make_url(db.url)
     name = f"{url.database}_bench"
-    with db.make_engine(isolation_level="AUTOCOMMIT").connect() as connection:
+    admin = db.make_engine(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
         if db.dialect == "postgresql":
             known = "SELECT 1 FROM pg_database WHERE datname = :name"
-            if connection.execute(text(known), {"name": name}).first() is None:
+            created = connection.execute(text(known), {"name": name}).first() is None
+            if created:
                 connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
         else:
-            connection.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS `{name}`")
-    return url.set(database=name).render_as_string(hide_password=False)
+            known = "SELECT 1 FROM information_schema.schemata WHERE schema_name = :name"
+            created = connection.execute(text(known), {"name": name}).first() is None
+            if created:
+                connection.exec_driver_sql(f"CREATE DATABASE `{name}`")
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        if created:
+            with admin.connect() as connection:
+                if db.dialect == "postgresql":
+                    connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+                else:
+                    connection.exec_driver_sql(f"DROP DATABASE `{name}`")
+        admin.dispose()
 
 
 def test_server_time(db: SuiteBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,14 +132,14 @@ def test_server_time(db: SuiteBackend, tmp_path: Path, capsys: pytest.CaptureFix
         assert SERVER not in capsys.readouterr().out
         return
     path = tmp_path / "results.json"
-    urls = ["--dburi", scratch_url(db)]
-    code = runner.main(
-        [
-            *("--no-sqlite", *urls, "--cases", "batch,scaling", "--n", "8,16"),
-            *("--repeat", "2", "--rows-per-record", "3", "--no-memory"),
-            *("--json", str(path), "--quiet"),
-        ]
-    )
+    with scratch_url(db) as scratch:
+        code = runner.main(
+            [
+                *("--no-sqlite", "--dburi", scratch, "--cases", "batch,scaling", "--n", "8,16"),
+                *("--repeat", "2", "--rows-per-record", "3", "--no-memory"),
+                *("--json", str(path), "--quiet"),
+            ]
+        )
     out = capsys.readouterr().out
     assert code == 0, out
     document = json.loads(path.read_text())

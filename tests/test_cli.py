@@ -902,12 +902,24 @@ def test_demo(cli: Any, tmp_path: Path) -> None:
     path = tmp_path / "shop.db"
     run = cli("demo", "--db", str(path))
     assert run.status == 0, run.err
+    assert "Re-pointed 5 rows, deleted 1 conflicting row" in run.out  # on a copy
+    created = (
+        [(1,), (2,), (3,), (4,)],
+        [(1, 1), (2, 3), (3, 3), (4, 2)],
+        [(1, 1), (3, 1), (3, 2)],
+    )
+    assert demo_state(path) == created  # kept as created: the commands can be tried on it
+    kept = f"sqlite:///{path}"
+    assert f"sa-references merge {kept} customer 3 1 --on-conflict delete --delete" in run.out
+    tried = cli("merge", kept, "customer", "3", "1", "--on-conflict", "delete", "--delete", "-y")
+    assert tried.status == 0, tried.err
     assert demo_state(path) == (
         [(1,), (2,), (4,)],
         [(1, 1), (2, 1), (3, 1), (4, 2)],
         [(1, 1), (1, 2)],
     )
-    run = cli("dependents", f"sqlite:///{path}", "product", "TEA,M", "--json")
+    run = cli("merge", kept, "product", "TEA,MED", "TEA,M", "--delete", "--yes")
+    run = cli("dependents", kept, "product", "TEA,M", "--json")
     assert [r["id"] for r in run.json()["keys"][0]["sample"]] == [3, 4]
     assert_error(cli("demo", "--db", str(path)), 1, "already exists")
 
