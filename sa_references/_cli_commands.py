@@ -475,7 +475,22 @@ def add_key_results(totals: list[KeyResult], results: Sequence[KeyResult]) -> li
         total.repointed += result.repointed
         total.deleted += result.deleted
         total.left += result.left
-        total.conflicts += result.conflicts
+        total.conflicts = merge_conflicts([*total.conflicts, *result.conflicts])
         total.cleared_rows += result.cleared_rows
         total.cascaded = list(total_cascades([*total.cascaded, *result.cascaded]))
     return sorted(by_key.values(), key=lambda r: r.key.sort_key)
+
+
+def merge_conflicts(conflicts: Sequence[Conflict]) -> list[Conflict]:
+    """One conflict per unique key of a referencing key, the batches' rows concatenated."""
+    merged: dict[tuple[ReferencingKey, str], Conflict] = {}
+    for conflict in conflicts:
+        slot = (conflict.key, conflict.constraint)
+        seen = merged.get(slot)
+        if seen is None:
+            merged[slot] = conflict
+        else:
+            merged[slot] = replace(
+                seen, rows=seen.rows + conflict.rows, sources=seen.sources + conflict.sources
+            )
+    return list(merged.values())

@@ -73,3 +73,20 @@ def test_pairs_run_deletes_what_the_plan_listed(
 
     # the plan shown before the prompt is the same
     assert f"{plan['deleted']} conflicting row" in run.err
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "plan"])
+def test_conflicts_of_several_batches_are_one_entry_per_unique_key(
+    cli: Any, database: Database, tmp_path: Path, dry_run: bool
+) -> None:
+    """3 -> 1 clashes on (1, 1) in the first batch, 5 -> 1 on (1, 2) in the second: one
+    entry for cli_customer_tag's primary key, with both rows."""
+    pairs = write_csv(tmp_path / "pairs.csv", "source,target\n3,1\n5,1\n")
+    argv = ["merge", database.url, "cli_customer", "--pairs", pairs, "--batch-size", "1"]
+    argv += ["--on-conflict", "ignore", "--json", "--dry-run" if dry_run else "--yes"]
+    run = cli(*argv)
+    assert run.status == 0, run.err
+    (key,) = [k for k in run.json()["keys"] if k["name"] == "cli_customer_tag(customer_id)"]
+    (conflict,) = key["conflicts"]
+    assert sorted(conflict["rows"]) == [[3, 1], [5, 2]]
+    assert key["left"] == 2
