@@ -264,6 +264,9 @@ def run_reporting_errors(run: Callable[[argparse.Namespace], int], args: Any) ->
     """Run a command; expected failures become one line on stderr and an exit status."""
     try:
         return run(args)
+    except Declined as error:  # the user's answer, not an error
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return error.exit_status
     except CommandError as error:
         if str(error):
             report_error(str(error))
