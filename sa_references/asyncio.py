@@ -1,6 +1,6 @@
 """The asyncio API: merges and dependents awaited, without ``run_sync``.
 
-Like :mod:`sqlalchemy.ext.asyncio`, every function here runs the synchronous
+Like ``sqlalchemy.ext.asyncio``, every function here runs the synchronous
 implementation in SQLAlchemy's greenlet bridge (what
 :meth:`AsyncSession.run_sync() <sqlalchemy.ext.asyncio.AsyncSession.run_sync>` does), so the
 behaviour, the reports and the errors (:mod:`sa_references.exc`) are those of the
@@ -305,6 +305,7 @@ class AsyncKeyDependents:
 
     @property
     def key(self) -> ReferencingKey:
+        """The referencing key."""
         return self.sync.key
 
     @property
