@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import NestedTransaction
@@ -27,6 +27,8 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import Self as Self
 
+_R = TypeVar("_R")
+
 __all__ = [
     "add_note",
     "all_registries",
@@ -34,6 +36,7 @@ __all__ = [
     "pending_deletions",
     "refile",
     "register_altered",
+    "run_in_greenlet",
     "savepoint_name",
 ]
 
@@ -165,3 +168,15 @@ def register_altered(session: Session, objects: Iterable[object]) -> None:
     only the objects its transaction saw altered.
     """
     session._register_altered({id(s): s for s in map(instance_state, objects)}.values())
+
+
+async def run_in_greenlet(fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+    """``fn(*args, **kwargs)`` awaited, its database I/O done by the async driver.
+
+    SQLAlchemy 2.0 and 2.1: ``sqlalchemy.util.concurrency.greenlet_spawn``, the bridge
+    ``AsyncSession.run_sync()`` and ``AsyncAttrs`` use (not documented as public API);
+    ``_require_await=False``: a call that does no I/O (a queued merge) is fine.
+    """
+    from sqlalchemy.util.concurrency import greenlet_spawn
+
+    return await greenlet_spawn(fn, *args, _require_await=False, **kwargs)

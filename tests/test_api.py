@@ -53,6 +53,30 @@ def test_all_is_pinned_and_sorted() -> None:
         assert module == "sa_references.exc" or module.startswith("sa_references._")
 
 
+def test_asyncio_all_is_pinned_and_sorted() -> None:
+    from sa_references import asyncio
+
+    assert asyncio.__all__ == [
+        "AsyncDependents",
+        "AsyncKeyDependents",
+        "AsyncReferencesMixin",
+        "AsyncReferencesSession",
+        "AwaitableReferences",
+        "dependents",
+        "merge_into",
+        "merge_many",
+        "merge_rows",
+        "row_dependents",
+    ]
+    kind = lambda n: 0 if n.isupper() else 1 if n[0].isupper() else 2  # noqa: E731
+    assert asyncio.__all__ == sorted(asyncio.__all__, key=lambda n: (kind(n), n))
+    for name in asyncio.__all__:
+        assert getattr(asyncio, name).__module__ == "sa_references.asyncio", name
+    # the asyncio API stays out of the top-level namespace, whose functions are the sync ones
+    for name in asyncio.__all__:
+        assert getattr(sa_references, name, None) is not getattr(asyncio, name), name
+
+
 def test_exceptions_subclass_sqlalchemy() -> None:
     assert issubclass(sa_references.ReferencesError, sqlalchemy.exc.InvalidRequestError)
     assert issubclass(sa_references.MergeConflictError, sa_references.ReferencesError)

@@ -23,6 +23,7 @@ CONFINED = {
     "NestedTransaction._savepoint": r"(?<![\w])_savepoint\b",
     "compiled.positiontup": r"positiontup",
     "BaseException.add_note (3.11+)": r"\.add_note\(",
+    "sqlalchemy.util.concurrency.greenlet_spawn": r"greenlet_spawn",
 }
 
 

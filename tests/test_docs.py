@@ -27,10 +27,13 @@ def test_metadata_names_the_license() -> None:
     assert "Copyright (c) 2026 the sa_references authors" in (ROOT / "LICENSE").read_text()
 
 
-def api_directives() -> dict[str, str]:
-    """``{name: directive}`` for each ``.. autoX:: sa_references.NAME`` of docs/api.rst."""
+def api_directives(module: str = "sa_references") -> dict[str, str]:
+    """``{name: directive}`` for each ``.. autoX:: MODULE.NAME`` of docs/api.rst (names of
+    ``module`` itself: ``sa_references.asyncio.X`` is not a name of ``sa_references``, nor
+    is the ``automodule`` of ``sa_references.asyncio``)."""
     text = (DOCS / "api.rst").read_text()
-    found = re.findall(r"^\.\. (auto\w+):: sa_references\.(\w+)", text, re.M)
+    pattern = rf"^\.\. (auto(?!module)\w+):: {re.escape(module)}\.(\w+)(?![\w.])"
+    found = re.findall(pattern, text, re.M)
     return {name: directive for directive, name in found}
 
 
@@ -55,6 +58,21 @@ def test_exceptions_are_documented_as_exceptions() -> None:
         else:  # a constant (USE_SESSION_DEFAULT)
             kind = "autodata"
         assert documented[name] == kind, name
+
+
+def test_every_asyncio_name_is_in_the_api_reference() -> None:
+    from sa_references import asyncio
+
+    documented = api_directives("sa_references.asyncio")
+    assert set(documented) == set(asyncio.__all__)
+    for name in asyncio.__all__:
+        value = getattr(asyncio, name)
+        kind = "autoclass" if inspect.isclass(value) else "autofunction"
+        assert inspect.isclass(value) or inspect.isfunction(value), name
+        assert documented[name] == kind, name
+    assert re.search(
+        r"^\.\. automodule:: sa_references\.asyncio$", (DOCS / "api.rst").read_text(), re.M
+    )
 
 
 def test_every_page_is_in_the_toctree() -> None:
