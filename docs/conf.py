@@ -51,4 +51,5 @@ nitpick_ignore_regex = [
     (r"py:(class|meth|exc)", r"sqlalchemy\.[A-Za-z_.]+"),  # SQLAlchemy's API
     (r"py:class", r"collections\.abc\.[A-Za-z]+"),  # signatures' standard types
     (r"py:class", r"pathlib\.Path"),
+    (r"py:class", r"sa_references\.asyncio\._T"),  # AsyncDependents' type parameter
 ]
