@@ -427,8 +427,11 @@ def run_demo(args: argparse.Namespace) -> int:
         url = f"sqlite:///{merged}"
         print(f"Created {path}")
         print(DEMO_INTRO)
-        for command in demo_commands(url):
-            print("$ " + " ".join(shell_quote(a) for a in [PROG, *command]), flush=True)
+        if args.db is not None:
+            print(f"(The commands run on a copy of {path}, which keeps the duplicates.)\n")
+        shown = demo_commands(f"sqlite:///{path}")
+        for command, display in zip(demo_commands(url), shown):
+            print("$ " + " ".join(shell_quote(a) for a in [PROG, *display]), flush=True)
             command_args = parse_arguments(command)
             status = run_reporting_errors(command_args.run, command_args)
             print()

@@ -399,15 +399,25 @@ def _read(
 
 
 def _name_the_line(error: RowNotFoundError, read: PairsResult) -> None:
-    """A key without a row, named by the CSV line that gave it."""
-    found = next((read.lines[key] for key in error.keys if key in read.lines), None)
-    if found is not None and not isinstance(error, ConcurrentMergeError):
-        role, line = found
-        key = next(key for key in error.keys if key in read.lines)
+    """Keys without a row, named by the CSV lines that gave them (the first one each)."""
+    if isinstance(error, ConcurrentMergeError):
+        return
+    found = sorted(
+        (read.lines[key][1], read.lines[key][0], key) for key in error.keys if key in read.lines
+    )
+    if not found:
+        return
+    table = read.table.fullname
+    if len(error.keys) == 1:
+        line, role, key = found[0]
         raise CommandError(
-            f"{read.origin} line {line}: {role} row {key_text(key)} not found in "
-            f"{read.table.fullname}"
+            f"{read.origin} line {line}: {role} row {key_text(key)} not found in {table}"
         ) from None
+    shown = ", ".join(f"line {line} {role} {key_text(key)}" for line, role, key in found[:5])
+    more = f" and {len(error.keys) - 5} more" if len(error.keys) > 5 else ""
+    raise CommandError(
+        f"{read.origin}: {len(error.keys)} keys not found in {table}: {shown}{more}"
+    ) from None
 
 
 def _batches(pairs: Sequence[Pair], size: int) -> list[Sequence[Pair]]:
@@ -441,7 +451,13 @@ def _rehearse(
             if isinstance(error, SelfReferenceError):
                 refused = refused or error
             report = merge_many(connection, table, batch, dry_run=True, **lenient)
-            merge_many(connection, table, batch, **{**lenient, "on_conflict": "ignore"})
+            # carried forward as the rows would be: clashes under "raise" left on their
+            # sources (which then cannot be deleted), self-references cleared
+            carry = dict(lenient)
+            clashes = isinstance(error, MergeConflictError) or bool(report.conflicts)
+            if clashes and options.on_conflict == "raise":
+                carry.update(on_conflict="ignore", delete=False)
+            merge_many(connection, table, batch, **carry)
         totals = add_key_results(totals, report.keys)
         done += len(batch)
         if progress is not None:

@@ -107,17 +107,23 @@ def describe_refusal(error: ReferencesError) -> str:
     if isinstance(error, RowNotFoundError) and error.role and error.keys:
         reason = f"{error.role} row {key_text(error.keys[0])} not found in {error.table}"
     elif isinstance(error, RowNotFoundError) and error.keys and not error.role:
-        shown = ", ".join(key_text(key) for key in error.keys)
+        shown = ", ".join(key_text(key) for key in error.keys[:5])
+        more = f" and {len(error.keys) - 5} more" if len(error.keys) > 5 else ""
         problem = "no longer exist" if isinstance(error, ConcurrentMergeError) else "not found"
-        reason = f"key(s) {problem} in {error.table}: {shown}"
+        reason = f"{len(error.keys)} key(s) {problem} in {error.table}: {shown}{more}"
         if isinstance(error, ConcurrentMergeError):
             reason += " (deleted or merged away by another transaction; run the merge again)"
-    elif isinstance(error, SelfReferenceError):
-        rows = ", ".join(key_text(row) for row in error.rows[:5])
-        them = "itself" if len(error.rows) == 1 else "themselves"
+    elif isinstance(error, SelfReferenceError) and len(error.rows) <= 1:
         reason = (
-            f"the target ({rows}) references the source through {error.key}: "
-            f"merging would make it reference {them}"
+            f"the target references the source through {error.key}: merging would make it "
+            "reference itself"
+        )
+    elif isinstance(error, SelfReferenceError):
+        rows = ", ".join(f"({key_text(row)})" for row in error.rows[:5])
+        more = f" and {len(error.rows) - 5} more" if len(error.rows) > 5 else ""
+        reason = (
+            f"{len(error.rows)} targets reference their own source through {error.key} "
+            f"(rows {rows}{more}): merging would make them reference themselves"
         )
     if error.remedy is not None:
         flag = "--" + error.remedy.option.replace("_", "-") + " "
@@ -126,12 +132,21 @@ def describe_refusal(error: ReferencesError) -> str:
 
 
 def key_text(values: Sequence[Any]) -> str:
-    """Primary key values as KEY is typed: comma-separated, CSV-quoted where needed."""
+    """Primary key values as KEY is typed: comma-separated, CSV-quoted where needed (a
+    comma, a quote, a line break), binary as hex, NULL as NULL."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow(
-        [v.isoformat() if isinstance(v, (datetime.date, datetime.time)) else v for v in values]
-    )
-    return out.getvalue()
+    csv.writer(out, lineterminator="\n").writerow([_key_cell(v) for v in values])
+    return out.getvalue().removesuffix("\n")
+
+
+def _key_cell(value: Any) -> Any:
+    if value is None:
+        return "NULL"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return value
 
 
 # ---------------------------------------------------------------- database
@@ -214,7 +229,8 @@ def database(url: str) -> Iterator[Engine]:
 def check_schema(connection: Connection, schema: str) -> None:
     """Refuse ``--schema`` naming no schema (on SQLite: no attached database)."""
     known = inspect(connection).get_schema_names()
-    if schema not in known:
+    # SQLite's attached databases, and MySQL's with lower_case_table_names, take any case
+    if schema not in known and schema.lower() not in {name.lower() for name in known}:
         close = difflib.get_close_matches(schema, known, n=3)
         hint = (
             f"; did you mean {', '.join(close)}?"

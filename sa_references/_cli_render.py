@@ -205,13 +205,16 @@ def merge_json(result: MergeResult | PairsResult) -> JSONDict:
         "rowcount": result.rowcount,
         "deleted": result.deleted,
         "left": result.left,
-        "cleared": result.cleared,
+        "cleared": 0 if result.refused else result.cleared,
         "would_fail": None if result.refusal is None else describe_error(result.refusal),
-        "keys": [key_result_json(r) for r in result.keys],
+        "keys": [key_result_json(r, refused=result.refused is not None) for r in result.keys],
     }
 
 
-def key_result_json(result: KeyResult) -> JSONDict:
+def key_result_json(result: KeyResult, refused: bool = False) -> JSONDict:
+    """One key's counts; in a plan refused for a self-reference (``refused``), the rows
+    that would reference themselves are ``self_references``, nothing is ``cleared``."""
+    rows = [[json_value(v) for v in row] for row in result.cleared_rows]
     return {
         "name": result.key.name,
         "table": result.key.table.fullname,
@@ -219,8 +222,9 @@ def key_result_json(result: KeyResult) -> JSONDict:
         "repointed": result.repointed,
         "deleted": result.deleted,
         "left": result.left,
-        "cleared": result.cleared,
-        "cleared_rows": [[json_value(v) for v in row] for row in result.cleared_rows],
+        "cleared": 0 if refused else result.cleared,
+        "cleared_rows": [] if refused else rows,
+        "self_references": rows if refused else [],
         "cascaded": [
             {"table": c.table, "action": c.action, "count": c.count} for c in result.cascaded
         ],

@@ -85,7 +85,9 @@ class Dependents(Generic[T]):
     referencing table.  :meth:`count` counts every referencing row, those of
     unmapped tables included, in one statement without loading; :meth:`by_key`
     breaks it down, and each key's rows are reachable there (a
-    :class:`KeyDependents` of an unmapped table yields rows).  A key whose
+    :class:`KeyDependents` of an unmapped table yields rows).  Whether anything
+    references the row is ``count() > 0``: iteration may be empty while an
+    association table still holds rows.  A key whose
     referred value is NULL (``customer.code``) references nothing and runs no
     query.
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import sys
 import warnings
 from typing import Any
 
@@ -58,8 +60,9 @@ class ReferencesMixin:
     # __dict__, whose "__dict__" descriptor a slotted mixin makes the wrong one
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
+        # before declarative maps the class: its __dict__ is still what the class declares
         _warn_of_hidden_methods(cls)
+        super().__init_subclass__(**kwargs)
 
     def merge_into(
         self,
@@ -103,15 +106,38 @@ class ReferencesMixin:
 
 def _warn_of_hidden_methods(cls: type) -> None:
     """A model attribute named ``merge_into`` or ``dependents`` (an HR schema's
-    ``dependents`` relationship) hides the mixin's method: said when the class is
-    declared; the functional forms keep working.  Methods overriding them are meant."""
+    ``dependents`` relationship) hides the mixin's method: said once, when the class that
+    declares it (or first takes it from a plain mixin) is declared; the functional forms
+    keep working.  Methods overriding them are meant, and not warned of."""
     for name in ("merge_into", "dependents"):
-        attribute = cls.__dict__.get(name)
-        if attribute is None or inspect.isfunction(attribute):
+        owner = next((k for k in cls.__mro__ if name in k.__dict__), None)
+        if owner is None or owner is ReferencesMixin:
+            continue
+        if owner is not cls and issubclass(owner, ReferencesMixin):
+            continue  # declared by a model above, and said there
+        if isinstance(owner.__dict__[name], _METHODS) or inspect.isfunction(owner.__dict__[name]):
             continue
         warnings.warn(
             f"{cls.__name__}.{name} hides ReferencesMixin.{name}(): "
             f"use sa_references.{name}(obj) for {cls.__name__} objects",
             SAWarning,
-            stacklevel=3,
+            stacklevel=_stack_level_outside_libraries(),
         )
+
+
+#: what a class may put in place of the mixin's methods without hiding them by mistake
+_METHODS = (classmethod, staticmethod, property, functools.partialmethod)
+#: modules whose frames a class declaration passes through before reaching ours
+_LIBRARIES = ("sqlalchemy", "flask_sqlalchemy", "sqlmodel", "sa_references")
+
+
+def _stack_level_outside_libraries() -> int:
+    """The ``stacklevel`` of the first caller outside SQLAlchemy and the frameworks that
+    declare classes for it: the user's class statement."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.split(".")[0] not in _LIBRARIES:
+            return level
+        level, frame = level + 1, frame.f_back  # type: ignore[assignment]
+    return level

@@ -22,7 +22,7 @@ from sqlalchemy import ColumnElement, Connection, Table, func, select, tuple_
 from . import _statements as sql
 from ._backend import foreign_keys_enforced
 from ._keys import AnyColumn, ReferencingKey, reference_graph
-from .exc import DeleteRestrictedError
+from .exc import DeleteRestrictedError, Remedy
 
 Values = tuple[Any, ...]
 
@@ -81,7 +81,8 @@ def _follow(
                 f"deleting {_describe(table, depth)} is refused by the database: "
                 f"{count} row(s) of {key.name} reference them (ON DELETE "
                 f"{key.constraint.ondelete or 'NO ACTION'}); delete or re-point them first, "
-                "or merge with on_conflict='ignore'"
+                "or keep the clashing rows on the source",
+                remedy=Remedy("on_conflict", ("ignore",)),
             )
         identities = None
         if count <= IDENTITIES_READ:

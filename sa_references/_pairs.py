@@ -304,13 +304,14 @@ def _row_queries(
 
 def not_found_error(table: Table, missing: set[Values], role: str = "") -> RowNotFoundError:
     """The error for keys of ``table`` without a row (``role``: of one source or target)."""
-    first = sorted(missing, key=repr)[:5]
+    keys = sorted(missing, key=repr)
     if role:
-        message = f"{role} row {first[0]!r} not found in {table.fullname}"
+        message = f"{role} row {keys[0]!r} not found in {table.fullname}"
     else:
-        shown = ", ".join(repr(k) for k in first)
-        message = f"{len(missing)} key(s) not found in {table.fullname}: {shown}"
-    return RowNotFoundError(message, table=table.fullname, keys=first, role=role)
+        shown = ", ".join(repr(k) for k in keys[:5])
+        more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+        message = f"{len(keys)} key(s) not found in {table.fullname}: {shown}{more}"
+    return RowNotFoundError(message, table=table.fullname, keys=keys, role=role)
 
 
 def _refuse_missing(table: Table, missing: set[Values]) -> None:

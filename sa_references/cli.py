@@ -111,7 +111,7 @@ strings (ISO 8601 dates and times, decimal strings, hex for binary data).
      "rowcount": 4, "deleted": 1, "left": 0, "cleared": 0, "would_fail": null,
      "keys": [{"name": "customer_tag(customer_id)", "table": "customer_tag",
                "columns": ["customer_id"], "repointed": 1, "deleted": 1,
-               "left": 0, "cleared": 0, "cleared_rows": [],
+               "left": 0, "cleared": 0, "cleared_rows": [], "self_references": [],
                "cascaded": [{"table": "tag_note", "action": "delete", "count": 2}],
                "conflicts": [{"constraint": "customer_tag primary key",
                               "rows": [[3, 1]]}]}]}
@@ -121,7 +121,9 @@ in place of ``source`` and ``target``.  ``keys`` lists every referencing key,
 in a fixed order, zero counts included.  ``rowcount`` is the number of rows
 re-pointed, ``deleted`` the conflicting rows deleted, ``left`` those left on
 the source, ``cleared`` the target's own references to the source set to NULL
-(``--on-self-reference null``; ``cleared_rows`` are their identities);
+(``--on-self-reference null``; ``cleared_rows`` are their identities; in a
+plan refused for a self-reference, the rows that would reference themselves
+are ``self_references`` and nothing is ``cleared``);
 ``cascaded`` is what the database's ON DELETE rules delete (``"delete"``) or
 clear (``"set null"``, ``"set default"``) beyond the deleted conflicting rows;
 conflict ``rows`` are the identities (primary key values) of the clashing

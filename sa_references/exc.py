@@ -95,6 +95,18 @@ class ReferencesError(InvalidRequestError):
             reason = f"{reason} {self.remedy.advice(f'{self.remedy.option}=', values)}"
         super().__init__(reason)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copied and pickled as they are (frameworks re-raise and pickle errors): the
+        # constructors take keyword arguments that ``args`` alone does not hold
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[ReferencesError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class MergeConflictError(ReferencesError):
     """Re-pointing would violate a unique key of a referencing table.
@@ -145,7 +157,7 @@ class RowNotFoundError(ReferencesError):
     ) -> None:
         #: the table's full name
         self.table = table
-        #: the primary key values that have no row (the first ones, for many)
+        #: the primary key values that have no row
         self.keys = tuple(keys)
         #: ``"source"`` or ``"target"`` when the key was given as one
         self.role = role

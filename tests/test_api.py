@@ -116,3 +116,39 @@ def test_py_typed_ships() -> None:
 def test_merge_into_docstring_disowns_session_merge() -> None:
     assert "Session.merge()" in (sa_references.merge_into.__doc__ or "")
     assert "Session.merge()" in (sa_references.ReferencesMixin.merge_into.__doc__ or "")
+
+
+def test_errors_copy_and_pickle_as_they_are() -> None:
+    """Frameworks copy, pickle and re-raise exceptions: every error survives it whole."""
+    import copy
+    import pickle
+
+    from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table
+
+    from sa_references import exc
+    from sa_references._keys import referencing_keys
+    from sa_references._report import Conflict
+
+    md = MetaData()
+    parent = Table("p", md, Column("id", Integer, primary_key=True))
+    Table("c", md, Column("id", Integer, primary_key=True), Column("p_id", ForeignKey("p.id")))
+    (key,) = referencing_keys(parent)
+    errors: list[exc.ReferencesError] = [
+        exc.MergeConflictError([Conflict(key, "c primary key", ((1,),))]),
+        exc.SelfReferenceError("loops", key="c(p_id)", rows=[(2,)], purpose="to clear it"),
+        exc.RowNotFoundError("gone", table="p", keys=[(9,)], role="target"),
+        exc.ConcurrentMergeError("gone meanwhile", table="p", keys=[(9,)]),
+        exc.SharedColumnError("shared"),
+        exc.ReferencesError("plain"),
+    ]
+    for error in errors:
+        for again in (copy.copy(error), pickle.loads(pickle.dumps(error))):
+            assert type(again) is type(error)
+            assert str(again) == str(error)
+            assert again.reason == error.reason and again.remedy == error.remedy
+    loaded = pickle.loads(pickle.dumps(errors[1]))
+    assert isinstance(loaded, exc.SelfReferenceError)
+    assert (loaded.key, loaded.rows) == ("c(p_id)", ((2,),))
+    conflict_error = pickle.loads(pickle.dumps(errors[0]))
+    assert isinstance(conflict_error, exc.MergeConflictError)
+    assert conflict_error.conflicts[0].rows == ((1,),)

@@ -904,6 +904,7 @@ def test_demo(cli: Any, tmp_path: Path) -> None:
     run = cli("demo", "--db", str(path))
     assert run.status == 0, run.err
     assert "Re-pointed 5 rows, deleted 1 conflicting row" in run.out  # on a copy
+    assert f"$ sa-references keys sqlite:///{path} customer" in run.out  # shown as kept
     created = (
         [(1,), (2,), (3,), (4,)],
         [(1, 1), (2, 3), (3, 3), (4, 2)],
@@ -944,11 +945,18 @@ def test_dry_run_of_a_merge_that_would_fail_shows_the_plan(cli: Any, database: D
     assert "cli_customer(referrer_id): 0 to re-point, 1 row would reference itself" in run.out
     assert "cli_order(customer_id): 1 to re-point" in run.out
     failing = run.out.splitlines()[-1]
-    assert failing.startswith("The merge would fail: the target (2) references the source")
+    assert failing.startswith(
+        "The merge would fail: the target references the source through "
+        "cli_customer(referrer_id): merging would make it reference itself"
+    )
     assert failing.endswith("(pass --on-self-reference null to clear that reference first)")
     document = cli("merge", database.url, "cli_customer", "1", "2", "--dry-run", "--json")
     assert document.status == EXIT_WOULD_FAIL
     assert "--on-self-reference null" in document.json()["would_fail"]
+    (referrer,) = [k for k in document.json()["keys"] if k["name"] == "cli_customer(referrer_id)"]
+    # nothing is cleared by a merge that would be refused: the rows are named apart
+    assert (referrer["cleared"], referrer["cleared_rows"]) == (0, [])
+    assert referrer["self_references"] == [[2]] and document.json()["cleared"] == 0
     run = cli("merge", database.url, "cli_customer", "3", "1", "--dry-run")
     assert run.status == EXIT_WOULD_FAIL
     assert "1 row clash on" in run.out
@@ -965,7 +973,7 @@ def test_errors_name_flags_and_keys_as_typed(cli: Any, database: Database) -> No
     assert_error(run, 1, "(pass --on-conflict delete or ignore)")
     assert "on_conflict" not in run.err
     run = cli("merge", database.url, "cli_customer", "1", "2", "--yes")
-    assert_error(run, 1, "the target (2) references", "--on-self-reference null")
+    assert_error(run, 1, "the target references the source", "--on-self-reference null")
     assert "(2,)" not in run.err and "on_self_reference" not in run.err
     run = cli("merge", database.url, "cli_product", "TEA,MED", "TEA,XL", "--yes")
     assert_error(run, 1, "target row TEA,XL not found in cli_product")
@@ -1016,6 +1024,9 @@ def test_schema_that_does_not_exist(cli: Any, database: Database) -> None:
     run = cli("keys", database.url, "cli_customer", "--schema", "no_such_schema")
     assert_error(run, 1, "schema 'no_such_schema' not found")
     assert "sqlite_master" not in run.err and "OperationalError" not in run.err
+    if database.dialect == "sqlite":  # attached databases' names take any case
+        run = cli("keys", database.url, "cli_customer", "--schema", "MAIN")
+        assert run.status == 0, run.err
 
 
 def test_json_writes_arrays_and_sets_as_arrays() -> None:
@@ -1035,4 +1046,20 @@ def test_a_failing_source_deletion_names_the_step(cli: Any, database: Database) 
     argv = ["--on-conflict", "ignore", "--delete", "--yes"]
     run = cli("merge", database.url, "cli_customer", "3", "1", *argv)
     assert_error(run, 1, "IntegrityError", "deleting the source row(s) of cli_customer")
+    assert database.snapshot() == before
+
+
+def test_pairs_name_every_line_of_keys_without_a_row(
+    cli: Any, database: Database, tmp_path: Path
+) -> None:
+    """All of them, by line, with their count: not one per run."""
+    before = database.snapshot()
+    pairs = write_csv(tmp_path / "dupes.csv", "source,target\n3,1\n98,1\n97,99\n4,2\n")
+    run = cli("merge", database.url, "cli_customer", "--pairs", pairs, "--yes")
+    assert_error(
+        run,
+        1,
+        f"{pairs}: 3 keys not found in cli_customer: line 3 source 98, line 4 source 97, "
+        "line 4 target 99",
+    )
     assert database.snapshot() == before

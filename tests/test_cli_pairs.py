@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from sa_references.cli import EXIT_WOULD_FAIL
 from tests import test_cli
 from tests.test_cli import Database, write_csv
 
@@ -90,3 +91,27 @@ def test_conflicts_of_several_batches_are_one_entry_per_unique_key(
     (conflict,) = key["conflicts"]
     assert sorted(conflict["rows"]) == [[3, 1], [5, 2]]
     assert key["left"] == 2
+
+
+@pytest.mark.parametrize(
+    "pairs_csv, options, refusal",
+    [
+        # 3 -> 1 clashes on cli_customer_tag (1, 1): refused under raise
+        ("source,target\n3,1\n", [], "violate a unique key"),
+        # 2 references 1 (referrer_id): merging 1 into 2 would make it reference itself
+        ("source,target\n1,2\n", ["--on-conflict", "delete"], "--on-self-reference null"),
+    ],
+    ids=["conflict", "self-reference"],
+)
+def test_plan_of_a_refused_pairs_merge_with_delete_is_shown(
+    cli: Any, database: Database, tmp_path: Path, pairs_csv: str, options: list[str], refusal: str
+) -> None:
+    """The plan of a merge that would be refused is shown (exit status 5), --delete included:
+    rehearsing the refused batch must not try to delete sources that keep rows."""
+    before = database.snapshot()
+    pairs = write_csv(tmp_path / "pairs.csv", pairs_csv)
+    argv = ["merge", database.url, "cli_customer", "--pairs", pairs, *options, "--delete"]
+    run = cli(*argv, "--dry-run", "--json")
+    assert run.status == EXIT_WOULD_FAIL, run.err
+    assert refusal in run.json()["would_fail"]
+    assert database.snapshot() == before

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,50 @@ def test_merge_into_types_the_target_as_the_source_class(tmp_path: Path) -> None
         'Argument 1 to "merge_into" of "ReferencesMixin" has incompatible type "Club"'
         in (errors[0])
     ), run.stdout
+
+
+def test_the_warning_is_said_once_where_the_attribute_is_declared() -> None:
+    class Base(ReferencesMixin, DeclarativeBase):
+        metadata = MetaData()
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+
+        class Employee(Base):
+            __tablename__ = "mx_emp"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            kind: Mapped[str]
+            dependents: Mapped[list[Kid]] = relationship()
+            __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "e"}
+
+        class Manager(Employee):  # inherits the relationship: not said again
+            __tablename__ = "mx_manager"
+            id: Mapped[int] = mapped_column(ForeignKey("mx_emp.id"), primary_key=True)
+            __mapper_args__ = {"polymorphic_identity": "m"}
+
+        class Kid(Base):
+            __tablename__ = "mx_kid"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            emp_id: Mapped[int] = mapped_column(ForeignKey("mx_emp.id"))
+
+        class HasDependents:  # a plain mixin of the application
+            dependents = "a column the HR schema names so"
+
+        class Staff(HasDependents, Base):
+            __tablename__ = "mx_staff"
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+        class Partial(Base):  # a method put in place on purpose: not said
+            __tablename__ = "mx_partial"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            merge_into = functools.partialmethod(ReferencesMixin.merge_into, delete=True)
+
+    messages = [str(w.message) for w in said]
+    assert messages == [
+        "Employee.dependents hides ReferencesMixin.dependents(): "
+        "use sa_references.dependents(obj) for Employee objects",
+        "Staff.dependents hides ReferencesMixin.dependents(): "
+        "use sa_references.dependents(obj) for Staff objects",
+    ]
+    assert {w.filename for w in said} == {__file__}  # the class statement, not SQLAlchemy's
+    assert Manager.__mapper__.inherits is Employee.__mapper__ and Partial and Staff

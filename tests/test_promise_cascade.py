@@ -21,7 +21,7 @@ from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, Uni
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError
 
-from sa_references import DeleteRestrictedError
+from sa_references import DeleteRestrictedError, Remedy
 from tests.conftest import Backend
 from tests.promise_schemas import (
     ENTRY_POINTS,
@@ -210,6 +210,8 @@ def test_restricted_delete_is_refused(
             )
         except DeleteRestrictedError as error:
             assert "pr4_payment" in str(error) and "pr4_subscription" in str(error)
+            assert error.remedy == Remedy("on_conflict", ("ignore",))  # the CLI's flag too
+            assert str(error).endswith("(pass on_conflict='ignore')")
         except DBAPIError as error:
             pytest.fail(f"raw database error: {error.orig}")
         else:
