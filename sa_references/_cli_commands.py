@@ -33,7 +33,7 @@ from ._dependents import row_dependents
 from ._keys import ReferencingKey, referencing_keys
 from ._merge import merge_many, merge_rows
 from ._options import DEFAULT_OPTIONS, MergeOptions
-from ._pairs import resolve_chains
+from ._pairs import Chains
 from ._report import Conflict, KeyResult, total_cascades
 from .exc import (
     ConcurrentMergeError,
@@ -381,11 +381,20 @@ def _read(
     """The pairs, read and resolved (chains followed, cycles refused); nothing runs."""
     reflected = reflect_table(connection, table, schema, check=True)
     lines: dict[Values, tuple[str, int]] = {}
+    pair_lines: list[int] = []
     if isinstance(pairs, Path):
-        keyed = read_pairs(pairs, reflected, lines)
+        keyed = read_pairs(pairs, reflected, lines, pair_lines)
     else:
         keyed = [(key_values(reflected, s), key_values(reflected, t)) for s, t in pairs]
-    target_of = resolve_chains(keyed, lambda key: f"{reflected.fullname} {key_text(key)}")
+    chains: Chains[Values] = Chains(lambda key: f"{reflected.fullname} {key_text(key)}")
+    for number, (source, target) in enumerate(keyed):
+        try:
+            chains.add(source, target)
+        except ReferencesError as error:  # a cycle, a source given two targets
+            if not pair_lines:
+                raise
+            raise CommandError(f"{pairs} line {pair_lines[number]}: {error}") from None
+    target_of = chains.target_of
     return PairsResult(
         reflected,
         options,

@@ -401,10 +401,13 @@ def key_values(table: Table, key: Any) -> Values:
 
 
 def read_pairs(
-    path: Path, table: Table, lines: dict[Values, tuple[str, int]] | None = None
+    path: Path,
+    table: Table,
+    lines: dict[Values, tuple[str, int]] | None = None,
+    pair_lines: list[int] | None = None,
 ) -> list[tuple[Values, Values]]:
     """The (source, target) keys of a CSV file; errors name the file and line.  ``lines``
-    receives, per key, its role and the first line it is on."""
+    receives, per key, its role and the first line it is on; ``pair_lines`` each pair's."""
     pairs = []
     with path.open(newline="", encoding="utf-8-sig") as stream:
         reader = csv.reader(stream, strict=True)
@@ -417,6 +420,8 @@ def read_pairs(
                     if lines is not None:
                         lines.setdefault(pair[0], ("source", reader.line_num))
                         lines.setdefault(pair[1], ("target", reader.line_num))
+                    if pair_lines is not None:
+                        pair_lines.append(reader.line_num)
         except CommandError as error:
             raise CommandError(f"{path} line {reader.line_num}: {error}") from None
         except (csv.Error, SQLAlchemyError) as error:

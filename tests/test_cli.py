@@ -624,8 +624,8 @@ def test_pairs_json_after_confirmation(cli: Any, database: Database, tmp_path: P
 def test_pairs_bad_input_changes_nothing(cli: Any, database: Database, tmp_path: Path) -> None:
     before = database.snapshot()
     cases = [
-        ("source,target\n5,3\n3,5\n", "cycle"),
-        ("source,target\n1,3\n3,5\n5,1\n", "cycle"),
+        ("source,target\n5,3\n3,5\n", "line 3: merging cli_customer 3 into cli_customer 5"),
+        ("source,target\n1,3\n3,5\n5,1\n", "line 4: merging cli_customer 5 into"),
         ("source,target\n3,1\n", "would violate a unique key"),
         ("source,target\n4,2\n6\n", "line 3: expected 2 fields"),
         ("source,target\n4,2\n6,1,9\n", "line 3: expected 2 fields"),
@@ -635,7 +635,7 @@ def test_pairs_bad_input_changes_nothing(cli: Any, database: Database, tmp_path:
         ('source,target\n4,2\n"6,1\n', "line 3: unexpected end of data"),
         ("from,to\n4,2\n", "the header must name the columns source and target"),
         ("source,target\n4,2\n6,99\n", "line 3: target row 99 not found in cli_customer"),
-        ("source,target\n4,2\n4,6\n", "already queued"),
+        ("source,target\n4,2\n4,6\n", "line 3: cli_customer 4 is already queued"),
     ]
     for number, (body, fragment) in enumerate(cases):
         pairs = write_csv(tmp_path / f"pairs{number}.csv", body)
