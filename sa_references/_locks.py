@@ -131,6 +131,9 @@ def lock_objects(
     object's base table, as locked (read without a lock where the backend locks
     no rows); nothing is read when there are none.
     """
+    row_locks = backend_of(connection).row_locks
+    if not row_locks and not columns:
+        return {}  # the whole database is locked (SQLite), and there is nothing to read
     by_table: dict[Any, list[Values]] = {}
     wanted: dict[Any, tuple[AnyColumn, ...]] = {}
     for obj in objects:
@@ -140,7 +143,6 @@ def lock_objects(
             by_table.setdefault(table, []).append(tuple(state.key[1]))
             if table not in wanted:
                 wanted[table] = tuple(c for c in columns if c.table is table)
-    row_locks = backend_of(connection).row_locks
     values: dict[tuple[Any, Values], Values] = {}
     for table in sorted(by_table, key=lambda t: t.fullname):
         if not row_locks and not wanted[table]:

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Table, event
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
 
+from ._compat import pending_deletions
 from ._frameworks import session_class_for
 from ._keys import AnyColumn
 from ._locks import lock_objects
@@ -225,10 +226,11 @@ class ReferencesSession(Session):
             source = report.source
             merge = options[id(source)]
             # ``delete`` is per merge: merges that differ only in it are one batch
-            key = (instance_state(source).mapper, merge.but(delete=False))
+            shared = merge.but(delete=False)
+            key = (instance_state(source).mapper, shared)
             group = groups.get(key)
             if group is None:
-                group = groups[key] = _Group(merge.but(delete=False))
+                group = groups[key] = _Group(shared)
             group.reports.append(report)
             group.pairs.append((source, objects[target_of[id(source)]]))
             if merge.delete:
@@ -237,13 +239,19 @@ class ReferencesSession(Session):
 
     def _check_groups(self, groups: Sequence[_Group]) -> None:
         """Refuse, before anything is written, merges whose rows are gone or going."""
+        pending = pending_deletions(self)
         for group in groups:
             for source, target in group.pairs:
-                for role, obj in (("source", source), ("target", target)):
-                    state = instance_state(obj)
-                    going = obj is target and marked_for_deletion(self, state)
-                    if not state.persistent or going:
-                        what = "marked for deletion" if going else "no longer persistent"
+                source_state, target_state = instance_state(source), instance_state(target)
+                going = (
+                    target_state in pending
+                    if pending is not None
+                    else marked_for_deletion(self, target_state)
+                )
+                for role, state in (("source", source_state), ("target", target_state)):
+                    gone = going and state is target_state
+                    if gone or not state.persistent:
+                        what = "marked for deletion" if gone else "no longer persistent"
                         raise ReferencesError(f"queued merge {role} {describe(state)} is {what}")
 
     def _dry_run(self, source: object, target: object, options: MergeOptions) -> MergeReport:
