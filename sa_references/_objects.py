@@ -175,6 +175,8 @@ def values_as_locked(
     that differ from the locked row (changed by another transaction) are set to it,
     and their old values are added to ``changed`` (by column): loaded rows that still
     reference them are stale (:func:`expire_holders`)."""
+    if not read:
+        return otherwise  # nothing was read as locked (SQLite): every value is as loaded
     for obj in objects:
         row = read.get(id(obj))
         if row:

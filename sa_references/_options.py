@@ -67,17 +67,10 @@ class MergeOptions:
                 raise ArgumentError(f"{name} must be True or False; got {getattr(self, name)!r}")
 
     def but(self, **changes: Any) -> MergeOptions:
-        """These options with ``changes`` (unchanged options are shared, not copied; each
-        distinct result is built once: queued merges ask it once each)."""
-        slot = (self, tuple(changes.items()))
-        found = _changed.get(slot)
-        if found is None:
-            if all(getattr(self, name) == value for name, value in changes.items()):
-                found = self
-            else:
-                found = interned(replace(self, **changes))
-            _changed[slot] = found
-        return found
+        """These options with ``changes`` (unchanged options are shared, not copied)."""
+        if all(getattr(self, name) == value for name, value in changes.items()):
+            return self
+        return interned(replace(self, **changes))
 
     @property
     def fetch(self) -> bool:
@@ -88,10 +81,6 @@ DEFAULT_OPTIONS = MergeOptions()
 
 #: each distinct options value once: queued merges share them rather than hold their own
 _interned: dict[MergeOptions, MergeOptions] = {DEFAULT_OPTIONS: DEFAULT_OPTIONS}
-
-
-#: MergeOptions.but() results by options and changes
-_changed: dict[tuple[MergeOptions, tuple[tuple[str, Any], ...]], MergeOptions] = {}
 
 
 def interned(options: MergeOptions) -> MergeOptions:

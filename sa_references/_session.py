@@ -222,12 +222,16 @@ class ReferencesSession(Session):
         """The queued merges by class and options, with their final targets."""
         objects, target_of, options = self._objects, self._chains.target_of, self._options
         groups: dict[tuple[Any, ...], _Group] = {}
+        #: by id() of a queued merge's options (interned: a few), those without ``delete``
+        shared_of: dict[int, MergeOptions] = {}
         for report in self._queued:
             source = report.source
             merge = options[id(source)]
             # ``delete`` is per merge: merges that differ only in it are one batch
-            shared = merge.but(delete=False)
-            key = (instance_state(source).mapper, shared)
+            shared = shared_of.get(id(merge))
+            if shared is None:
+                shared = shared_of[id(merge)] = merge.but(delete=False)
+            key = (instance_state(source).mapper, id(shared))  # interned: id() is its identity
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group(shared)
