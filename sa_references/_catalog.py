@@ -179,6 +179,42 @@ def check_references(connection: Connection | Session, metadata_or_table: MetaDa
         )
 
 
+def referencing_tree(
+    connection: Connection, schema: str | None, table: str
+) -> list[CatalogForeignKey]:
+    """The catalog's foreign keys that reference the table ``schema.table`` (``schema``
+    None: the default one), then those that reference a table holding one of them, and
+    so on: every key whose rules a merge of that table may have to follow (ON DELETE
+    CASCADE chains, ON UPDATE CASCADE of re-pointed columns).
+
+    In every schema but the system ones; one catalog query per level on PostgreSQL and
+    MySQL/MariaDB, the Inspector's keys of every table once elsewhere (SQLite).  Each key
+    is listed once; partitions' copies of their partitioned table's keys are not.
+    """
+    default = inspect(connection).default_schema_name or ""
+    every = (
+        _inspector_keys(connection, default)
+        if backend_of(connection).catalog_shape == "inspector"
+        else None
+    )
+    start = (schema or default, table)
+    seen, frontier = {start}, {start}
+    found: list[CatalogForeignKey] = []
+    while frontier:
+        keys = every if every is not None else _catalog_keys(connection, frontier, default)
+        holders = set()
+        for key in keys:
+            if (key.referred_schema or default, key.referred_table) not in frontier:
+                continue
+            found.append(key)
+            holder = (key.schema or default, key.table)
+            if holder not in seen:
+                seen.add(holder)
+                holders.add(holder)
+        frontier = holders
+    return found
+
+
 # ---------------------------------------------------------------- the MetaData's keys
 
 
