@@ -87,6 +87,15 @@ ORDER BY k.TABLE_SCHEMA, k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION
 ).bindparams(bindparam("schemas", expanding=True), bindparam("tables", expanding=True))
 
 
+_MYSQL_RULES = text(
+    """
+SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, DELETE_RULE, UPDATE_RULE
+FROM information_schema.REFERENTIAL_CONSTRAINTS
+WHERE CONSTRAINT_SCHEMA IN :schemas AND TABLE_NAME IN :tables
+"""
+).bindparams(bindparam("schemas", expanding=True), bindparam("tables", expanding=True))
+
+
 @dataclass(frozen=True)
 class CatalogForeignKey:
     """A foreign key constraint as the database's catalog holds it.
@@ -213,6 +222,37 @@ def referencing_tree(
                 holders.add(holder)
         frontier = holders
     return found
+
+
+def restore_rules(connection: Connection, metadata: MetaData) -> None:
+    """Give the MetaData's foreign keys the ON DELETE / ON UPDATE rules the catalog holds
+    where reflection lost them: MySQL/MariaDB's ``SHOW CREATE TABLE``, which reflection
+    reads, leaves RESTRICT out, so a key declared ON DELETE RESTRICT reflects as if it
+    said nothing.  One query over ``information_schema.REFERENTIAL_CONSTRAINTS`` for
+    every table of the MetaData; elsewhere reflection keeps the rules: nothing is read."""
+    if not backend_of(connection).reflection_omits_restrict or not metadata.tables:
+        return
+    default = inspect(connection).default_schema_name or ""
+    tables = list(metadata.tables.values())
+    rows = connection.execute(
+        _MYSQL_RULES,
+        {
+            "schemas": sorted({t.schema or default for t in tables}),
+            "tables": sorted({t.name for t in tables}),
+        },
+    )
+    rules = {(row[0], row[1], row[2]): (row[3], row[4]) for row in rows}
+    for table in tables:
+        for constraint in table.foreign_key_constraints:
+            name = str(constraint.name) if constraint.name else ""
+            found = rules.get((table.schema or default, table.name, name))
+            if found is None:
+                continue
+            delete, update = found
+            if constraint.ondelete is None and delete not in (None, "NO ACTION"):
+                constraint.ondelete = delete
+            if constraint.onupdate is None and update not in (None, "NO ACTION"):
+                constraint.onupdate = update
 
 
 # ---------------------------------------------------------------- the MetaData's keys

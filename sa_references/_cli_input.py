@@ -34,7 +34,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.schema import BLANK_SCHEMA
 
 from ._backend import backend_of
-from ._catalog import CatalogForeignKey, check_references, referencing_tree
+from ._catalog import CatalogForeignKey, check_references, referencing_tree, restore_rules
 from ._pairs import primary_key_values
 from .exc import ConcurrentMergeError, ReferencesError, RowNotFoundError, SelfReferenceError
 
@@ -255,6 +255,7 @@ def reflect_table(
         raise CommandError(f"table {name!r} not found{_table_hint(connection, name, schema)}")
     if reflect_referencing_tables(connection, table) and check:
         check_references(connection, metadata)
+    restore_rules(connection, metadata)
     return table
 
 

@@ -1,6 +1,9 @@
 """The command line reflects only what a command needs: the table, and the tables whose
 keys reference it, then theirs (found in the catalog), never the whole schema; and a merge
 still follows every key, however deep the ON DELETE CASCADE chain.
+
+Also: MariaDB's reflection reports ON DELETE RESTRICT as no rule at all; ``keys`` shows
+the rule the catalog holds.
 """
 
 from __future__ import annotations
@@ -152,6 +155,32 @@ def test_a_merge_follows_cascades_two_levels_down(cli: Any, database: Database) 
     assert database.rows("rf_order") == [(10, 1, "A"), (12, 1, "B")]
     assert database.rows("rf_line") == [(102, 10, 7)]
     assert sorted(database.rows("rf_note"), key=lambda r: r[0]) == [(1000, None), (1001, 102)]
+
+
+def test_keys_show_restrict_as_declared(cli: Any, database: Database) -> None:
+    """ON DELETE RESTRICT (MariaDB's reflection loses it; the catalog has it)."""
+    with database.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE rf_unrelated_r (id INTEGER NOT NULL PRIMARY KEY, "
+            "customer_id INTEGER NOT NULL, FOREIGN KEY (customer_id) REFERENCES rf_customer (id) "
+            "ON DELETE RESTRICT ON UPDATE RESTRICT)"
+        )
+    try:
+        run = cli("keys", database.url, "rf_customer", "--json")
+        assert run.status == 0, run.err
+        rules = {k["name"]: (k["on_delete"], k["on_update"]) for k in run.json()["keys"]}
+        # a key declaring no rule: MariaDB's catalog names its default RESTRICT
+        default = "RESTRICT" if database.engine.dialect.name == "mysql" else "NO ACTION"
+        assert rules == {
+            "rf_order(customer_id)": ("CASCADE", default),
+            "rf_unrelated_r(customer_id)": ("RESTRICT", "RESTRICT"),
+        }
+        run = cli("keys", database.url, "rf_customer")
+        assert "on delete RESTRICT, on update RESTRICT" in run.out
+        assert f"on delete CASCADE, on update {default}" in run.out
+    finally:
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE rf_unrelated_r")
 
 
 def test_an_unknown_table_still_gets_a_hint(cli: Any, database: Database) -> None:
