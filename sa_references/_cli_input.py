@@ -34,7 +34,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.schema import BLANK_SCHEMA
 
 from ._backend import backend_of
-from ._catalog import CatalogForeignKey, check_references, referencing_tree, restore_rules
+from ._catalog import (
+    CatalogForeignKey,
+    check_read_references,
+    referencing_tree,
+    restore_rules,
+)
 from ._pairs import primary_key_values
 from .exc import ConcurrentMergeError, ReferencesError, RowNotFoundError, SelfReferenceError
 
@@ -254,7 +259,8 @@ def reflect_table(
     if table is None:
         raise CommandError(f"table {name!r} not found{_table_hint(connection, name, schema)}")
     if reflect_referencing_tables(connection, table) and check:
-        check_references(connection, metadata)
+        # against the keys just read from the catalog: none may lack from the MetaData
+        check_read_references(connection, metadata, metadata.info[_CATALOG_KEYS])
     restore_rules(connection, metadata)
     return table
 
