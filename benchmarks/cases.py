@@ -23,24 +23,39 @@
     tables in the MetaData: ``referencing_keys`` (cached per MetaData) against
     the peer's ``get_referencing_foreign_keys`` (scans every table on each
     call), and whole merges with each.
+``startup``
+    What one command line call costs on a schema the size and shape of pagila
+    (:mod:`benchmarks.pagila`, created in the benchmark's database and dropped
+    after): ``sa_references.cli.main(["keys", URL, "customer"])`` and ``merge
+    URL customer 5 1 --dry-run`` in this process (engine, reflection, output;
+    the best and the median of at least 5 runs after one warm-up, which is
+    shown too), and ``python -m sa_references keys`` in a subprocess,
+    interpreter start-up included, beside the start-up and imports alone, as
+    context (2-3 runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import io
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, select
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, event, select
 from sqlalchemy.orm import Session
 
 import sa_references
+import sa_references.cli
 
 from . import contenders as c
+from . import pagila
 from . import server as s
 from .measure import (
     Entry,
@@ -50,11 +65,11 @@ from .measure import (
     measure_round_robin,
     record_failure,
 )
-from .schema import Dataset, Models, VerificationError, build_models, load, verify
+from .schema import Dataset, Models, VerificationError, build_models, drop, load, verify
 
 #: in the order they run: the heavy scaling case last, so that the database's
 #: background work after its big runs (vacuum, purge) cannot slow the others
-CASES = ("single", "batch", "dependents", "discovery", "scaling")
+CASES = ("startup", "single", "batch", "dependents", "discovery", "scaling")
 
 
 @dataclass
@@ -520,7 +535,129 @@ def discovery(ctx: Context) -> None:
             models.dispose()
 
 
+# -- startup ------------------------------------------------------------------------
+
+#: the start-up goal: one in-process ``keys`` or ``merge --dry-run`` on pagila
+STARTUP_GOAL = 0.3
+
+
+@dataclass
+class StartupCall:
+    name: str
+    argv: list[str]
+    #: what the output must show
+    expected: Sequence[str]
+    subprocess: bool = False
+
+
+def startup_calls(url: str) -> list[StartupCall]:
+    keys = ["payment(customer_id) -> customer(customer_id)", "rental(customer_id)"]
+    merge = ["Would re-point 5 rows"]
+    return [
+        StartupCall("keys", ["keys", url, "customer"], keys),
+        StartupCall("merge --dry-run", ["merge", url, "customer", "5", "1", "--dry-run"], merge),
+        StartupCall("keys, subprocess", ["keys", url, "customer"], keys, subprocess=True),
+        StartupCall("import sa_references.cli, subprocess", [], [], subprocess=True),
+    ]
+
+
+#: the interpreter's start-up and the imports alone, as a subprocess
+IMPORT_ONLY = ["-c", "import sa_references.cli"]
+
+
+class _Statements:
+    """Cursor executions of every engine (the command line makes its own)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, *_args: Any) -> None:
+        self.count += 1
+
+
+def _run_call(call: StartupCall) -> tuple[float, int]:
+    """One timed call: seconds and statements; VerificationError when its output is wrong."""
+    statements = _Statements()
+    out = io.StringIO()
+    if call.subprocess:
+        start = time.perf_counter()
+        command = ["-m", "sa_references", *call.argv] if call.argv else IMPORT_ONLY
+        done = subprocess.run(
+            [sys.executable, *command],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        elapsed = time.perf_counter() - start
+        status, text, errors = done.returncode, done.stdout, done.stderr
+    else:
+        event.listen(Engine, "before_cursor_execute", statements)
+        error_out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(error_out):
+                start = time.perf_counter()
+                status = sa_references.cli.main(call.argv)
+                elapsed = time.perf_counter() - start
+        finally:
+            event.remove(Engine, "before_cursor_execute", statements)
+        text, errors = out.getvalue(), error_out.getvalue()
+    missing = [e for e in call.expected if e not in text]
+    if status != 0 or missing:
+        raise VerificationError(f"exit status {status}, missing {missing}: {errors.strip()[:200]}")
+    return elapsed, statements.count
+
+
+def startup(ctx: Context) -> None:
+    url = ctx.engine.url.render_as_string(hide_password=False)
+    pagila.drop(ctx.engine)
+    models = build_models()
+    try:
+        drop(ctx.engine, models)  # the other cases' tables are no part of pagila
+    finally:
+        models.dispose()
+    pagila.create(ctx.engine)
+    try:
+        results = []
+        calls = startup_calls(url)
+        first: list[Result] = []
+        for call in calls:
+            result = Result("startup", ctx.backend.name, call.name, "ours", 0, "call", 1)
+            result.variant = "subprocess" if call.subprocess else "in-process"
+            results.append(result)
+            if call.subprocess:  # each is a cold start
+                continue
+            try:
+                # warm-up: the dialect's imports, its first connection, cold caches
+                elapsed, statements = _run_call(call)
+            except Exception as error:
+                record_failure(result, error)
+                continue
+            cold = Result("startup", ctx.backend.name, call.name, "ours", 0, "call", 1)
+            cold.variant = "in-process, first call"
+            cold.times, cold.statements = [elapsed], [statements]
+            first.append(cold)
+        repeat = max(5, ctx.options.repeat)
+        #: a subprocess takes ten times as long, and varies less than it costs
+        spawned = max(2, min(3, ctx.options.repeat))
+        for run in range(repeat):
+            for call, result in zip(calls, results):
+                if result.error or (call.subprocess and run >= spawned):
+                    continue
+                try:
+                    elapsed, statements = _run_call(call)
+                except Exception as error:
+                    record_failure(result, error)
+                    continue
+                result.times.append(elapsed)
+                result.statements.append(statements)
+        for result in [*results, *first]:
+            ctx.add(result)
+    finally:
+        pagila.drop(ctx.engine)
+
+
 RUNNERS: dict[str, Callable[[Context], None]] = {
+    "startup": startup,
     "single": single,
     "batch": batch,
     "scaling": scaling,

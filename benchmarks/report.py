@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 import sa_references
 
-from .cases import Backend, Options
+from .cases import STARTUP_GOAL, Backend, Options
 from .measure import Result
 from .server import SERVER
 
@@ -291,6 +291,16 @@ def targets(results: Sequence[Result], backends: Sequence[Backend]) -> list[dict
         )
 
     for backend in (b.name for b in backends):
+        for call in (r for r in results if r.case == "startup" and r.backend == backend):
+            in_process = call.variant == "in-process"
+            add(
+                f"one `{call.contender}` call on pagila under {STARTUP_GOAL} s"
+                if in_process
+                else f"context: `{call.contender.split(',')[0]}`, {call.variant}",
+                backend,
+                f"{seconds(call.median)} median" if call.ok else _status(call),
+                (call.median < STARTUP_GOAL) if call.ok and in_process else None,
+            )
         mine = [r for r in merges if r.backend == backend]
         for contender in (QUEUED, CORE_BATCH):
             speedups = [
@@ -503,6 +513,23 @@ def markdown(
     by_case: dict[str, list[Result]] = {}
     for result in results:
         by_case.setdefault(result.case, []).append(result)
+    if "startup" in by_case:
+        lines += [
+            "### Start-up: one command line call on a pagila-sized schema",
+            "",
+            "`sa_references.cli.main([...])` in this process (engine, reflection, the command, "
+            "its output; after one warm-up call, shown as the first call), and `python -m "
+            "sa_references` in a subprocess, interpreter start-up included, beside the "
+            "interpreter start-up and imports alone (context).  Schema: "
+            "`benchmarks/pagila.py` (15 tables, `payment` partitioned by month on PostgreSQL, "
+            "22 foreign keys, 5 views).",
+            "",
+        ]
+        lines += _table(
+            ["backend", "call", "run", "best", "median", "runs", "statements"],
+            _startup_rows(by_case["startup"]),
+        )
+        lines.append("")
     if "single" in by_case:
         lines += ["### Merge, single: one merge at a time on a plain Session", ""]
         lines += _table(MERGE_HEADER, _merge_rows(results, by_case["single"], growth=False))
@@ -635,6 +662,31 @@ PAIRS = {
     "dependents(obj) iterated": "dependent_objects(obj) iterated",
     "dependents(obj).count()": "dependent_objects(obj).count()",
 }
+
+
+def _startup_rows(results: Sequence[Result]) -> list[list[str]]:
+    rows = []
+    for result in results:
+        if not result.ok:
+            rows.append([result.backend, f"`{result.contender}`", result.variant, _status(result)])
+            continue
+        statements = "-" if result.variant == "subprocess" else f"{result.statement_count}"
+        if result.variant.endswith("first call"):  # one run only
+            rows.append([result.backend, f"`{result.contender}`", result.variant, "-"])
+            rows[-1] += [seconds(result.median), "1", statements]
+            continue
+        rows.append(
+            [
+                result.backend,
+                f"`{result.contender}`",
+                result.variant,
+                seconds(min(result.times)),
+                seconds(result.median),
+                str(len(result.times)),
+                statements,
+            ]
+        )
+    return rows
 
 
 def _dependents_rows(results: Sequence[Result]) -> list[list[str]]:

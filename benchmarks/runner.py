@@ -6,8 +6,9 @@
 SQLite (a temporary file, ``PRAGMA foreign_keys=ON``) always runs unless
 ``--no-sqlite``; each ``--dburi`` adds a server.  The suite drops and creates
 the tables ``customer``, ``orders``, ``invoices``, ``tickets``, ``addresses``
-and ``notes`` in the database a URL names, and drops them at the end: give
-it a scratch database.
+and ``notes`` in the database a URL names, and drops them at the end (the
+``startup`` case likewise creates and drops a pagila-like schema, see
+:mod:`benchmarks.pagila`): give it a scratch database.
 """
 
 from __future__ import annotations

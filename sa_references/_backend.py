@@ -78,6 +78,9 @@ class Backend:
     partitions_repeat_foreign_keys: bool
     #: a foreign key may reference a table of another schema (not SQLite's attached files)
     foreign_keys_cross_schemas: bool
+    #: reflection reports a key's ON DELETE / ON UPDATE RESTRICT as no rule at all
+    #: (MySQL/MariaDB's ``SHOW CREATE TABLE`` leaves it out); the catalog has it
+    reflection_omits_restrict: bool
 
 
 _backends: weakref.WeakKeyDictionary[Dialect, Backend] = weakref.WeakKeyDictionary()
@@ -122,6 +125,7 @@ def _describe(dialect: Dialect) -> Backend:
         ),
         partitions_repeat_foreign_keys=postgresql,
         foreign_keys_cross_schemas=not sqlite,
+        reflection_omits_restrict=mysql,
     )
 
 

@@ -87,6 +87,32 @@ ORDER BY k.TABLE_SCHEMA, k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION
 ).bindparams(bindparam("schemas", expanding=True), bindparam("tables", expanding=True))
 
 
+#: which tables reference which, every database's: see _mysql_tree
+_MYSQL_REFERENCES = text(
+    "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, UNIQUE_CONSTRAINT_SCHEMA, "
+    "REFERENCED_TABLE_NAME, DELETE_RULE FROM information_schema.REFERENTIAL_CONSTRAINTS"
+)
+
+#: the key columns of the tables named (the keys they hold; opens those tables alone)
+_MYSQL_KEY_COLUMNS = text(
+    """
+SELECT CONSTRAINT_NAME, TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME,
+    REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME
+FROM information_schema.KEY_COLUMN_USAGE
+WHERE TABLE_SCHEMA IN :schemas AND TABLE_NAME IN :tables AND REFERENCED_TABLE_NAME IS NOT NULL
+ORDER BY TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION
+"""
+).bindparams(bindparam("schemas", expanding=True), bindparam("tables", expanding=True))
+
+_MYSQL_RULES = text(
+    """
+SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, DELETE_RULE, UPDATE_RULE
+FROM information_schema.REFERENTIAL_CONSTRAINTS
+WHERE CONSTRAINT_SCHEMA IN :schemas AND TABLE_NAME IN :tables
+"""
+).bindparams(bindparam("schemas", expanding=True), bindparam("tables", expanding=True))
+
+
 @dataclass(frozen=True)
 class CatalogForeignKey:
     """A foreign key constraint as the database's catalog holds it.
@@ -154,10 +180,20 @@ def unfollowed_references(
         connection = connection.connection(bind_arguments={"clause": tables[0]})
     default = inspect(connection).default_schema_name or ""
     targets = {(t.schema or default, t.name) for t in tables}
+    return _unfollowed(metadata, targets, _catalog_keys(connection, targets, default), default)
+
+
+def _unfollowed(
+    metadata: MetaData,
+    targets: set[tuple[str, str]],
+    keys: Iterable[CatalogForeignKey],
+    default: str,
+) -> list[CatalogForeignKey]:
+    """Those of ``keys`` that reference one of ``targets`` and that ``metadata`` lacks."""
     followed = _followed(metadata.tables.values(), default)
     found = [
         key
-        for key in _catalog_keys(connection, targets, default)
+        for key in keys
         if (key.referred_schema or default, key.referred_table) in targets
         and _signature(key, default) not in followed
     ]
@@ -169,7 +205,20 @@ def unfollowed_references(
 def check_references(connection: Connection | Session, metadata_or_table: MetaData | Table) -> None:
     """Raise :class:`~sa_references.exc.UnfollowedReferenceError` naming every key of
     :func:`unfollowed_references`; do nothing when there is none."""
-    found = unfollowed_references(connection, metadata_or_table)
+    _refuse(unfollowed_references(connection, metadata_or_table))
+
+
+def check_read_references(
+    connection: Connection, metadata: MetaData, keys: Iterable[CatalogForeignKey]
+) -> None:
+    """:func:`check_references` for every table of ``metadata``, against ``keys`` already
+    read from the catalog (by :func:`referencing_tree`) rather than read again."""
+    default = inspect(connection).default_schema_name or ""
+    targets = {(t.schema or default, t.name) for t in metadata.tables.values()}
+    _refuse(_unfollowed(metadata, targets, keys, default))
+
+
+def _refuse(found: Sequence[CatalogForeignKey]) -> None:
     if found:
         raise UnfollowedReferenceError(
             f"the database holds {len(found)} foreign key(s) that the MetaData lacks, "
@@ -177,6 +226,122 @@ def check_references(connection: Connection | Session, metadata_or_table: MetaDa
             + "; ".join(str(k) for k in found)
             + " (add the referencing tables to the MetaData, e.g. by reflecting them)"
         )
+
+
+def referencing_tree(
+    connection: Connection, schema: str | None, table: str
+) -> list[CatalogForeignKey]:
+    """The catalog's foreign keys that reference the table ``schema.table`` (``schema``
+    None: the default one), then those that reference a table holding one of them, and
+    so on: every key whose rules a merge of that table may have to follow (ON DELETE
+    CASCADE chains, ON UPDATE CASCADE of re-pointed columns).
+
+    In every schema but the system ones; one catalog query per level on PostgreSQL, two
+    on MySQL/MariaDB (see :func:`_mysql_tree`), the Inspector's keys of every table once
+    elsewhere (SQLite).  Each key is listed once; partitions' copies of their partitioned
+    table's keys are not.
+    """
+    default = inspect(connection).default_schema_name or ""
+    shape = backend_of(connection).catalog_shape
+    start = (schema or default, table)
+    if shape == "information_schema":
+        return _mysql_tree(connection, start, default)
+    every = _inspector_keys(connection, default) if shape == "inspector" else None
+    seen, frontier = {start}, {start}
+    found: list[CatalogForeignKey] = []
+    while frontier:
+        keys = every if every is not None else _catalog_keys(connection, frontier, default)
+        holders = set()
+        for key in keys:
+            if (key.referred_schema or default, key.referred_table) not in frontier:
+                continue
+            found.append(key)
+            holder = (key.schema or default, key.table)
+            if holder not in seen:
+                seen.add(holder)
+                holders.add(holder)
+        frontier = holders
+    return found
+
+
+def _mysql_tree(
+    connection: Connection, start: tuple[str, str], default: str
+) -> list[CatalogForeignKey]:
+    """:func:`referencing_tree` on MySQL/MariaDB in two queries, whatever its depth.
+    ``KEY_COLUMN_USAGE`` filtered by the referred table opens every table of the server
+    (MariaDB 10.11, 570 tables: 6 ms a query, 12 ms joined to the rules), where
+    ``REFERENTIAL_CONSTRAINTS`` (which tables reference which, no columns) takes 4 ms.  So
+    the tree is found from the latter, then the columns of its keys are read from
+    ``KEY_COLUMN_USAGE`` filtered by the holding tables, which opens those alone."""
+    edges = list(connection.execute(_MYSQL_REFERENCES))
+    seen, frontier = {start}, {start}
+    rules: dict[tuple[str, str, str], str] = {}  # the tree's keys, with their ON DELETE
+    while frontier:
+        holders = set()
+        for schema, table, name, r_schema, r_table, rule in edges:
+            if (r_schema, r_table) not in frontier:
+                continue
+            rules[(schema, table, name)] = rule
+            if (schema, table) not in seen:
+                seen.add((schema, table))
+                holders.add((schema, table))
+        frontier = holders
+    if not rules:
+        return []
+    rows = connection.execute(
+        _MYSQL_KEY_COLUMNS,
+        {"schemas": sorted({s for s, _, _ in rules}), "tables": sorted({t for _, t, _ in rules})},
+    )
+    grouped: dict[tuple[str, str, str], list[tuple[str, ...]]] = {}
+    for name, schema, table, column, r_schema, r_table, r_column in rows:
+        if (schema, table, name) in rules:
+            grouped.setdefault((schema, table, name), []).append(
+                (column, r_schema, r_table, r_column)
+            )
+    return [
+        CatalogForeignKey(
+            name=name,
+            schema=_local(schema, default),
+            table=table,
+            columns=tuple(p[0] for p in parts),
+            referred_schema=_local(parts[0][1], default),
+            referred_table=parts[0][2],
+            referred_columns=tuple(p[3] for p in parts),
+            on_delete=rules[(schema, table, name)],
+        )
+        for (schema, table, name), parts in grouped.items()
+    ]
+
+
+def restore_rules(connection: Connection, metadata: MetaData) -> None:
+    """Give the MetaData's foreign keys the ON DELETE / ON UPDATE rules the catalog holds
+    where reflection lost them: MySQL/MariaDB's ``SHOW CREATE TABLE``, which reflection
+    reads, leaves RESTRICT out, so a key declared ON DELETE RESTRICT reflects as if it
+    said nothing.  One query over ``information_schema.REFERENTIAL_CONSTRAINTS`` for
+    every table of the MetaData; elsewhere reflection keeps the rules: nothing is read."""
+    if not backend_of(connection).reflection_omits_restrict or not metadata.tables:
+        return
+    default = inspect(connection).default_schema_name or ""
+    tables = list(metadata.tables.values())
+    rows = connection.execute(
+        _MYSQL_RULES,
+        {
+            "schemas": sorted({t.schema or default for t in tables}),
+            "tables": sorted({t.name for t in tables}),
+        },
+    )
+    rules = {(row[0], row[1], row[2]): (row[3], row[4]) for row in rows}
+    for table in tables:
+        for constraint in table.foreign_key_constraints:
+            name = str(constraint.name) if constraint.name else ""
+            found = rules.get((table.schema or default, table.name, name))
+            if found is None:
+                continue
+            delete, update = found
+            if constraint.ondelete is None and delete not in (None, "NO ACTION"):
+                constraint.ondelete = delete
+            if constraint.onupdate is None and update not in (None, "NO ACTION"):
+                constraint.onupdate = update
 
 
 # ---------------------------------------------------------------- the MetaData's keys

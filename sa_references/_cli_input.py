@@ -34,7 +34,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.schema import BLANK_SCHEMA
 
 from ._backend import backend_of
-from ._catalog import check_references, unfollowed_references
+from ._catalog import (
+    CatalogForeignKey,
+    check_read_references,
+    referencing_tree,
+    restore_rules,
+)
 from ._pairs import primary_key_values
 from .exc import ConcurrentMergeError, ReferencesError, RowNotFoundError, SelfReferenceError
 
@@ -243,40 +248,55 @@ def check_schema(connection: Connection, schema: str) -> None:
 def reflect_table(
     connection: Connection, name: str, schema: str | None, *, check: bool = False
 ) -> Table:
-    """Reflect the schema and return TABLE from it (one-line error naming close matches),
-    with every table of other schemas that references it reflected too.
+    """Reflect TABLE (one-line error naming close matches) and the tables of any schema
+    whose foreign keys reference it, then those referencing them, and so on (found in
+    the database's catalog): what a merge of TABLE follows, and no other table.
 
     ``check``: raise :class:`~sa_references.exc.UnfollowedReferenceError` if a foreign
-    key to TABLE still lacks from the MetaData (a merge would not re-point it).
+    key to a reflected table still lacks from the MetaData (a merge would not follow it).
     """
     if schema is not None:
         check_schema(connection, schema)
+    keys = referencing_tree(connection, schema, name)
+    default = inspect(connection).default_schema_name or ""
+    home = schema or default
+    wanted = {name} | {k.table for k in keys if (k.schema or default) == home}
     metadata = MetaData()
-    partitions = partition_names(connection, schema) - {name}
+    metadata.info[_CATALOG_KEYS] = keys
     metadata.reflect(
         connection,
         schema=schema,
-        only=(lambda table, _metadata: table not in partitions) if partitions else None,
-        # tables other schemas' keys point at are not needed (nor partitions pulled in)
+        only=lambda table, _metadata: table in wanted,
+        # the tables they refer to are not needed: only the keys that refer to TABLE
         resolve_fks=False,
     )
     fullname = f"{schema}.{name}" if schema else name
     table = metadata.tables.get(fullname)
     if table is None:
-        where = f" in schema {schema!r}" if schema else ""
-        known = [t.name for t in metadata.tables.values() if t.schema == schema]
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise CommandError(f"table {name!r} not found{where}{hint}")
+        raise CommandError(f"table {name!r} not found{_table_hint(connection, name, schema)}")
     if reflect_referencing_tables(connection, table) and check:
-        check_references(connection, table)
+        # against the keys just read from the catalog: none may lack from the MetaData
+        check_read_references(connection, metadata, metadata.info[_CATALOG_KEYS])
+    restore_rules(connection, metadata)
     return table
 
 
+#: MetaData.info key of the catalog's keys that reference its tables (see reflect_table)
+_CATALOG_KEYS = "sa_references.catalog_keys"
+
+
+def _table_hint(connection: Connection, name: str, schema: str | None) -> str:
+    """' in schema ...; did you mean ...?' for a table that is not there."""
+    where = f" in schema {schema!r}" if schema else ""
+    partitions = partition_names(connection, schema)
+    known = [t for t in inspect(connection).get_table_names(schema) if t not in partitions]
+    close = difflib.get_close_matches(name, known, n=3)
+    return where + (f"; did you mean {', '.join(close)}?" if close else "")
+
+
 def partition_names(connection: Connection, schema: str | None) -> set[str]:
-    """PostgreSQL: the partitions in the schema.  They are left out of the reflection:
-    each holds a copy of its partitioned table's foreign keys, which would be followed
-    (and counted) once per partition."""
+    """PostgreSQL: the partitions in the schema (left out of "did you mean": a table's
+    rows are merged through its partitioned table)."""
     if not backend_of(connection).partitions_repeat_foreign_keys:
         return set()
     rows = connection.execute(
@@ -291,24 +311,27 @@ def partition_names(connection: Connection, schema: str | None) -> set[str]:
 
 
 def reflect_referencing_tables(connection: Connection, table: Table) -> bool:
-    """Add to ``table``'s MetaData the tables of any schema whose foreign keys reference it
-    (found in the database's catalog), so that merges follow them.
+    """Add to ``table``'s MetaData the tables of other schemas whose foreign keys
+    reference it, or (recursively) a table of the MetaData that does (found in the
+    database's catalog, see :func:`~sa_references._catalog.referencing_tree`), so that
+    merges follow them.
 
     Schemas are named as the MetaData names them: the default schema as ``None``,
     or by name when TABLE was reflected with it (``--schema public``).  Returns whether
-    there were any.
+    any table references TABLE.
     """
-    if not backend_of(connection).foreign_keys_cross_schemas:  # all reflected already
-        return False
     metadata = table.metadata
-    missing = unfollowed_references(connection, table)
-    if not missing:
-        return False
+    keys: list[CatalogForeignKey] | None = metadata.info.get(_CATALOG_KEYS)
+    if keys is None:
+        keys = metadata.info[_CATALOG_KEYS] = referencing_tree(connection, table.schema, table.name)
     default = inspect(connection).default_schema_name
     default_form = table.schema if table.schema is not None and table.schema == default else None
 
     def local(schema: str | None) -> str | None:
         return default_form if schema is None or schema == default else schema
+
+    def full(schema: str | None, name: str) -> str:
+        return f"{schema}.{name}" if schema else name
 
     def referred_schema(
         _table: Table, _to: str | None, _fk: ForeignKeyConstraint, referred: str | None
@@ -316,18 +339,23 @@ def reflect_referencing_tables(connection: Connection, table: Table) -> bool:
         schema = local(referred)  # BLANK_SCHEMA: no schema (None would keep the old one)
         return schema if schema is not None else cast(str, BLANK_SCHEMA)
 
+    missing = {
+        (key.schema, key.table)
+        for key in keys
+        if full(local(key.schema), key.table) not in metadata.tables
+    }
     scratch = MetaData()
-    for key in missing:
-        Table(key.table, scratch, schema=key.schema, autoload_with=connection)
-    for reflected in scratch.sorted_tables:
+    for schema, name in sorted(missing, key=lambda m: (m[0] or "", m[1])):
+        Table(name, scratch, schema=schema, autoload_with=connection, resolve_fks=False)
+    for reflected in scratch.tables.values():
         schema = local(reflected.schema)
-        if (f"{schema}.{reflected.name}" if schema else reflected.name) not in metadata.tables:
+        if full(schema, reflected.name) not in metadata.tables:
             reflected.to_metadata(
                 metadata,
                 schema=schema,  # type: ignore[arg-type]  # None: the default schema
                 referred_schema_fn=referred_schema,
             )
-    return True
+    return bool(keys)
 
 
 # ---------------------------------------------------------------- keys

@@ -40,6 +40,7 @@ def test_whole_suite_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert code == 0, out
     for heading in (
+        "Start-up",
         "Merge, single",
         "Merge, batch",
         "Scaling",

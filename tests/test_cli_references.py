@@ -161,3 +161,45 @@ def test_partitioned_tables_counted_once(cli: Any, schemas: Schemas) -> None:
     finally:
         with schemas.engine.begin() as connection:
             connection.exec_driver_sql("DROP TABLE xs_visit")
+
+
+def test_a_cascade_through_another_schema_is_followed(cli: Any, schemas: Schemas) -> None:
+    """xs_customer <- sales.xs_invoice (unique per customer and code) <- xs_invoice_line in
+    the default schema, each ON DELETE CASCADE: deleting the source's clashing invoice
+    takes its lines, two levels down and back in the first schema; only these tables are
+    reflected."""
+    from sa_references import command
+
+    create(schemas, schemas.default, schemas.other)
+    invoice = f"{schemas.other}.xs_invoice"
+    statements = [
+        f"ALTER TABLE {invoice} ADD COLUMN code VARCHAR(5) NOT NULL DEFAULT 'A'",
+        f"UPDATE {invoice} SET code = 'B' WHERE id = 11",
+        f"ALTER TABLE {invoice} ADD CONSTRAINT xs_invoice_code UNIQUE (customer_id, code)",
+        "CREATE TABLE xs_invoice_line (id INTEGER NOT NULL PRIMARY KEY, "
+        f"invoice_id INTEGER NOT NULL, FOREIGN KEY (invoice_id) REFERENCES {invoice} (id) "
+        "ON DELETE CASCADE)",
+        "INSERT INTO xs_invoice_line VALUES (1, 10), (2, 10), (3, 12)",
+        "CREATE TABLE xs_unrelated (id INTEGER NOT NULL PRIMARY KEY)",
+    ]
+    with schemas.engine.begin() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+    try:
+        found = command.keys(schemas.url, "xs_customer")
+        assert set(found.table.metadata.tables) == {"xs_customer", invoice, "xs_invoice_line"}
+        # invoices 10 (A) and 11 (B) of 2 move to 1, whose 12 (A) clashes with 10
+        argv = ["merge", schemas.url, "xs_customer", "2", "1", "--on-conflict", "delete"]
+        run = cli(*argv, "--dry-run", "--json")
+        assert run.status == 0, run.err
+        (key,) = run.json()["keys"]
+        assert (key["repointed"], key["deleted"]) == (1, 1)
+        assert key["cascaded"] == [{"table": "xs_invoice_line", "action": "delete", "count": 2}]
+        run = cli(*argv, "--delete", "--yes")
+        assert run.status == 0, run.err
+        assert schemas.rows(invoice) == [(11, 1, "B"), (12, 1, "A")]
+        assert schemas.rows("xs_invoice_line") == [(3, 12)]
+    finally:
+        with schemas.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS xs_invoice_line")
+            connection.exec_driver_sql("DROP TABLE IF EXISTS xs_unrelated")
