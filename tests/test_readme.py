@@ -30,6 +30,19 @@ def test_quickstart_runs(tmp_path: Path) -> None:
     assert lines[-2:] == ["2", "2 True"]
 
 
+def test_framework_lines_run(tmp_path: Path) -> None:
+    """The Frameworks block runs after the Quickstart's models (its Base)."""
+    (quickstart,) = python_blocks("Quickstart")
+    (block,) = python_blocks("Frameworks")
+    script = tmp_path / "frameworks.py"
+    script.write_text(quickstart + "\n" + block + "\nprint(type(session.sync_session).__name__)\n")
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "ReferencesSession"
+
+
 def test_readme_stays_short_and_links_out() -> None:
     # the narrative lives in docs/ (doctested there), the benchmark results in benchmarks/
     text = README.read_text()
@@ -38,6 +51,7 @@ def test_readme_stays_short_and_links_out() -> None:
         "Two commands",
         "Install",
         "Quickstart",
+        "Frameworks",
         "Documentation",
         "Supported databases",
         "Tests",
