@@ -28,6 +28,11 @@ SavepointStyle = Literal["released", "reused"]
 #: ``pg_constraint``, MySQL's ``information_schema``, else SQLAlchemy's Inspector
 CatalogShape = Literal["pg_constraint", "information_schema", "inspector"]
 
+#: how a locking SELECT also reads, in the same statement, the rows as they were when it
+#: started: a CTE sharing the statement's snapshot (PostgreSQL), or a plain SELECT run
+#: first in a UNION (MySQL/MariaDB)
+SeenShape = Literal["cte", "union"]
+
 #: how a batch's (source, target) pairs reach the database: one array parameter per
 #: column (PostgreSQL ``unnest()``), or a temporary table
 PairsShape = Literal["arrays", "temporary_table"]
@@ -48,6 +53,9 @@ class Backend:
     #: REPEATABLE READ snapshot fails with a serialization failure (PostgreSQL), where
     #: InnoDB reads the latest row instead
     locks_fail_after_snapshot: bool
+    #: how a lock also sees the rows as they were before it waited, so that a row another
+    #: transaction deleted meanwhile is told from a key no row had (None: no row locks)
+    seen_beside_locks: SeenShape | None
     #: how a single merge's Core SAVEPOINT ends
     savepoint_style: SavepointStyle
     #: the driver may hold no transaction open before a SAVEPOINT (pysqlite): BEGIN first
@@ -108,6 +116,7 @@ def _describe(dialect: Dialect) -> Backend:
         lock_shape="array" if postgresql else "json" if json_table else "in",
         snapshot_reads=mysql,
         locks_fail_after_snapshot=postgresql,
+        seen_beside_locks="cte" if postgresql else "union" if mysql else None,
         savepoint_style="reused" if mysql else "released",
         begin_before_savepoint=sqlite,
         combined_updates=postgresql,

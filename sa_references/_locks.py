@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.exc import DBAPIError
@@ -25,7 +25,10 @@ Values = tuple[Any, ...]
 
 
 def lock_rows(
-    connection: Connection, table: Any, identities: Sequence[Values]
+    connection: Connection,
+    table: Any,
+    identities: Sequence[Values],
+    seen: set[Values] | None = None,
 ) -> set[Values] | None:
     """Lock the rows being merged, in primary key order, until the transaction ends.
 
@@ -34,12 +37,13 @@ def lock_rows(
     and a concurrent INSERT that references a source waits for the merge to
     commit.  Returns the identities no row has (any more): the caller refuses
     them.  SQLite locks the whole database and needs nothing here: None, no
-    row was looked at.
+    row was looked at.  ``seen`` receives the rows that existed when the lock
+    started (:func:`read_locked`).
     """
     if not backend_of(connection).row_locks:
         return None
     wanted = set(identities)
-    return wanted - set(read_locked(connection, table, list(wanted)))
+    return wanted - set(read_locked(connection, table, list(wanted), seen=seen))
 
 
 def read_locked(
@@ -49,20 +53,39 @@ def read_locked(
     columns: tuple[AnyColumn, ...] = (),
     *,
     lock: bool = True,
+    seen: set[Values] | None = None,
 ) -> dict[Values, Values]:
     """The rows keyed ``identities`` that exist, locked where the backend locks rows
-    (``lock=False``: a plain read): ``{identity: values of columns}``."""
+    (``lock=False``: a plain read): ``{identity: values of columns}``.
+
+    ``seen`` (locking reads): receives the identities of the rows as the same statement
+    saw them before the lock waited, where the backend can tell
+    (:attr:`~._backend.Backend.seen_beside_locks`): one seen there but not locked was
+    deleted (merged away) by another transaction meanwhile, not a wrong key.
+    """
     backend = backend_of(connection)
     found: dict[Values, Values] = {}
     width = len(table.primary_key.columns)
     lock = lock and backend.row_locks
+    shape = backend.seen_beside_locks if lock and seen is not None else None
     statements = sql.lock_rows(
-        table, identities, shape=backend.lock_shape, columns=columns, lock=lock
+        table, identities, shape=backend.lock_shape, columns=columns, lock=lock, seen=shape
     )
     for statement, params in statements:
         with snapshot_outdated(connection, table, identities):
-            for row in connection.execute(statement, params):
-                found[tuple(row[:width])] = tuple(row[width:])
+            rows = connection.execute(statement, params)
+            if shape is None:
+                for row in rows:
+                    found[tuple(row[:width])] = tuple(row[width:])
+                continue
+            for row in rows:  # identity, locked, columns (see sql.lock_rows)
+                identity = tuple(row[:width])
+                if row[width]:
+                    found[identity] = tuple(row[width + 1 :])
+                else:
+                    cast("set[Values]", seen).add(identity)
+    if seen is not None and shape == "union":
+        seen.update(found)  # the locked rows were read by the plain SELECT too
     return found
 
 
@@ -92,30 +115,47 @@ def snapshot_outdated(
         ) from error
 
 
+def locked_row(
+    connection: Connection, table: Any, key: Values, seen: set[Values]
+) -> dict[AnyColumn, Any] | None:
+    """The row keyed ``key``, whole, by a locking read (a plain read where the backend
+    locks no rows); None when there is none.  ``seen`` as for :func:`read_locked`."""
+    pk = tuple(table.primary_key.columns)
+    others = tuple(c for c in table.columns if not c.primary_key)
+    found = read_locked(connection, table, [key], others, lock=True, seen=seen)
+    if not found:
+        return None
+    ((identity, values),) = found.items()  # one row: the key is the primary key
+    return {**dict(zip(pk, identity)), **dict(zip(others, values))}
+
+
 def refuse_missing(
-    connection: Connection, table: Any, missing: set[Values], not_found: RowNotFoundError
+    connection: Connection,
+    table: Any,
+    missing: set[Values],
+    not_found: RowNotFoundError,
+    seen: set[Values] | None = None,
 ) -> None:
     """Raise for the rows keyed ``missing``, which a locking read found no row for.
 
-    Rows this transaction's snapshot still has were deleted (merged away) by another
-    transaction after the snapshot: :class:`ConcurrentMergeError`, retryable.  That is
-    asked only where a plain read answers from an older snapshot than a locking one
-    (InnoDB's REPEATABLE READ; PostgreSQL's lock fails instead, see
-    :func:`snapshot_outdated`, and READ COMMITTED keeps no older snapshot).  Keys no row
-    ever had, as far as this transaction can tell: ``not_found`` -- a wrong key is a
-    mistake a retry would repeat, so it wins.
+    Rows that existed before were deleted (merged away) by another transaction
+    meanwhile: :class:`ConcurrentMergeError`, retryable.  Known from ``seen``, the rows
+    the lock statement itself saw before it waited (:func:`read_locked`), and where a
+    plain read answers from an older snapshot than a locking one (InnoDB's REPEATABLE
+    READ) from that snapshot.  Keys no row ever had, as far as this transaction can
+    tell: ``not_found`` -- a wrong key is a mistake a retry would repeat, so it wins.
     """
     if not missing:
         return
-    in_snapshot: set[Values] = set()
-    if backend_of(connection).snapshot_reads:
-        in_snapshot = set(read_locked(connection, table, list(missing), lock=False))
+    in_snapshot: set[Values] = set(seen or ()) & missing  # seen by the lock, then gone
+    if backend_of(connection).snapshot_reads and not in_snapshot >= missing:
+        in_snapshot |= set(read_locked(connection, table, list(missing), lock=False))
     if in_snapshot < missing:
         raise not_found
     raise ConcurrentMergeError(
         f"{len(missing)} row(s) of {table.fullname} no longer exist ({_shown(missing)}): "
-        "deleted or merged away by another transaction after this transaction's snapshot; "
-        "roll the transaction back and retry",
+        "deleted or merged away by another transaction meanwhile; roll the transaction "
+        "back and retry",
         table=table.fullname,
         keys=sorted(missing, key=repr)[:5],
     )

@@ -15,7 +15,7 @@ from . import _statements as sql
 from ._backend import backend_of
 from ._compat import add_note
 from ._keys import AnyColumn, ReferencingKey, reference_graph
-from ._locks import lock_objects, lock_rows, refuse_missing
+from ._locks import lock_objects, lock_rows, locked_row, refuse_missing
 from ._objects import (
     describe,
     expire_holders,
@@ -210,9 +210,11 @@ def merge_rows(
         # each row by its own locking read, in key order: the latest committed row, also
         # under REPEATABLE READ (a plain SELECT would answer from the snapshot)
         for role, key in _in_key_order([("source", source_key), ("target", target_key)]):
-            row = fetch_row(connection, table, key, role, lock=True, missing_ok=True)
-            if row is None:  # a wrong key, or a row deleted after this transaction's snapshot
-                refuse_missing(connection, table, {key}, not_found_error(table, {key}, role))
+            seen: set[Values] = set()
+            row = locked_row(connection, table, key, seen)
+            if row is None:  # a wrong key, or a row another transaction deleted meanwhile
+                error = not_found_error(table, {key}, role)
+                refuse_missing(connection, table, {key}, error, seen=seen)
             found[role] = row
         source_row, target_row = found["source"], found["target"]
         # the keys as the database matched them (it may have cast the values given)
@@ -332,7 +334,8 @@ def merge_many(
     def lock_and_read(connection: Connection) -> tuple[list[tuple[Any, Any]], ValuesOf]:
         nonlocal target_of
         involved = {*target_of, *target_of.values()}
-        missing = lock_rows(connection, table, list(involved))
+        seen: set[Values] = set()
+        missing = lock_rows(connection, table, list(involved), seen=seen)
         if missing and backend_of(connection).inexact_string_comparison:
             # keys the database finds equal to a row's under its collation ('ada' for
             # 'ADA'), as merge_rows accepts them: the pairs as the rows are stored
@@ -345,8 +348,8 @@ def merge_many(
                 report.pairs = list(target_of.items())
                 involved = {*target_of, *target_of.values()}
                 missing -= set(stored)
-        if missing:  # wrong keys, or rows deleted after this transaction's snapshot
-            refuse_missing(connection, table, missing, not_found_error(table, missing))
+        if missing:  # wrong keys, or rows another transaction deleted meanwhile
+            refuse_missing(connection, table, missing, not_found_error(table, missing), seen)
         values_of = referred_values_of_keys(connection, table, keys, involved, missing)
         return list(target_of.items()), values_of
 

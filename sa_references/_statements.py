@@ -22,17 +22,20 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    literal,
     literal_column,
+    null,
     or_,
     select,
     text,
     true,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy import column as sql_column
 
-from ._backend import LockShape
+from ._backend import LockShape, SeenShape
 from ._keys import AnyColumn, ReferencingKey, UniqueKey, python_type_of
 
 Values = tuple[Any, ...]
@@ -454,21 +457,67 @@ def _lock_statement(
         return by_shape[shape, pk, columns, lock]
     except KeyError:
         pass
-    if shape == "array":
-        (column,) = pk
-        values = bindparam("lock_ids", type_=ARRAY(column.type))
-        matched = column == any_(values)
-    elif shape == "json":
-        (column,) = pk
-        listed = text("JSON_TABLE(:lock_ids, '$[*]' COLUMNS (v BIGINT PATH '$')) AS lock_ids")
-        matched = column.in_(select(literal_column("lock_ids.v")).select_from(listed))
-    else:
-        wanted: Any = bindparam("lock_ids", expanding=True)
-        matched = pk[0].in_(wanted) if len(pk) == 1 else tuple_(*pk).in_(wanted)
-    statement = select(*pk, *columns).where(matched).order_by(*pk)
+    statement = select(*pk, *columns).where(_lock_match(pk, shape)).order_by(*pk)
     if lock:
         statement = statement.with_for_update()
     by_shape[shape, pk, columns, lock] = statement
+    return statement
+
+
+def _lock_match(pk: tuple[AnyColumn, ...], shape: LockShape) -> ColumnElement[bool]:
+    """The WHERE clause of a lock: the rows keyed by the parameter ``lock_ids``."""
+    if shape == "array":
+        (column,) = pk
+        values = bindparam("lock_ids", type_=ARRAY(column.type))
+        return column == any_(values)
+    if shape == "json":
+        (column,) = pk
+        listed = text("JSON_TABLE(:lock_ids, '$[*]' COLUMNS (v BIGINT PATH '$')) AS lock_ids")
+        return column.in_(select(literal_column("lock_ids.v")).select_from(listed))
+    wanted: Any = bindparam("lock_ids", expanding=True)
+    return pk[0].in_(wanted) if len(pk) == 1 else tuple_(*pk).in_(wanted)
+
+
+def _seen_and_lock_statement(
+    table: Any,
+    pk: tuple[AnyColumn, ...],
+    shape: LockShape,
+    columns: tuple[AnyColumn, ...],
+    seen: SeenShape,
+) -> Any:
+    """:func:`_lock_statement` that also reads the rows as they were when it started: rows
+    of ``pk``, a flag (locked), then ``columns`` as locked.  ``"cte"``: one row per row
+    seen, the flag false for a row gone while the lock waited (PostgreSQL: both CTEs share
+    the statement's snapshot, and FOR UPDATE re-checks the latest row).  ``"union"``: the
+    plain SELECT runs first (MySQL/MariaDB), its rows flagged 0, then the locked rows."""
+    by_shape = _locks.setdefault(table, {})
+    slot = (shape, pk, columns, seen)
+    if slot in by_shape:
+        return by_shape[slot]
+    statement: Any
+    if seen == "cte":
+        before = _lock_statement(table, pk, shape, (), lock=False).cte("sa_references_seen")
+        locking = _lock_statement(table, pk, shape, columns, lock=True)
+        locked = locking.cte("sa_references_locked")
+        names = [c.name for c in pk]
+        on = and_(*(before.c[n] == locked.c[n] for n in names))
+        statement = (
+            select(
+                *(before.c[n] for n in names),
+                locked.c[names[0]].is_not(None).label("sa_references_locked"),
+                *(locked.c[c.name] for c in columns),
+            )
+            .select_from(before.outerjoin(locked, on))
+            .order_by(*(before.c[n] for n in names))
+        )
+    else:
+        matched = _lock_match(pk, shape)
+        flag = "sa_references_locked"
+        nulls = (null().label(c.name) for c in columns)
+        first = select(*pk, literal(0).label(flag), *nulls).where(matched)
+        last = select(*pk, literal(1).label(flag), *columns).where(matched)
+        statement = union_all(first, last.order_by(*pk).with_for_update())
+    by_shape[slot] = statement
     return statement
 
 
@@ -501,8 +550,11 @@ def lock_rows(
     shape: LockShape = "in",
     columns: tuple[AnyColumn, ...] = (),
     lock: bool = True,
-) -> Iterator[tuple[Select[Any], dict[str, Any]]]:
-    """``SELECT pk ... ORDER BY pk FOR UPDATE`` over ``identities``, in primary key order.
+    seen: SeenShape | None = None,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``SELECT pk ... ORDER BY pk FOR UPDATE`` over ``identities``, in primary key order
+    (``seen``: with the rows as they were before the lock waited, flagged; see
+    :func:`_seen_and_lock_statement`).
 
     Yields each statement with its parameters (the statements are built once per table).
     A single-column key can travel as one parameter, one statement whatever the number
@@ -517,15 +569,20 @@ def lock_rows(
         ordered = sorted(set(identities))
     except TypeError:  # values of mixed types: any fixed total order will do
         ordered = sorted(set(identities), key=repr)
+
+    def built(shape: LockShape) -> Any:
+        if seen is not None and lock:
+            return _seen_and_lock_statement(table, pk, shape, columns, seen)
+        return _lock_statement(table, pk, shape, columns, lock)
+
     if shape == "array" and len(pk) == 1:
-        statement = _lock_statement(table, pk, "array", columns, lock)
-        yield statement, {"lock_ids": [v for (v,) in ordered]}
+        yield built("array"), {"lock_ids": [v for (v,) in ordered]}
         return
     if shape == "json" and len(ordered) > LOCK_CHUNK and json_keys_fit(table):
         values = json.dumps([int(v) for (v,) in ordered])
-        yield _lock_statement(table, pk, "json", columns, lock), {"lock_ids": values}
+        yield built("json"), {"lock_ids": values}
         return
-    statement = _lock_statement(table, pk, "in", columns, lock)
+    statement = built("in")
     for chunk in chunks(ordered, LOCK_CHUNK):
         values_in = [v for (v,) in chunk] if len(pk) == 1 else list(chunk)
         yield statement, {"lock_ids": values_in}

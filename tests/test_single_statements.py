@@ -177,7 +177,12 @@ def shops(single_tables: None, session: Session) -> dict[str, Any]:
 
 
 def fused(statements: list[str]) -> list[str]:
-    return [s for s in statements if s.lstrip().upper().startswith("WITH")]
+    """The statements of data-modifying CTEs (not a lock's CTEs, which only read)."""
+    return [
+        s
+        for s in statements
+        if s.lstrip().upper().startswith("WITH") and re.search(r"UPDATE\s+\S+\s+SET", s)
+    ]
 
 
 def updated_tables(statement: str) -> list[str]:
