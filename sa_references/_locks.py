@@ -61,7 +61,9 @@ def read_locked(
     ``seen`` (locking reads): receives the identities of the rows as the same statement
     saw them before the lock waited, where the backend can tell
     (:attr:`~._backend.Backend.seen_beside_locks`): one seen there but not locked was
-    deleted (merged away) by another transaction meanwhile, not a wrong key.
+    deleted (merged away) by another transaction meanwhile, not a wrong key.  Where the
+    statement only counts what it saw (MySQL/MariaDB), the keys found missing are all
+    taken as seen when the count covers them, none otherwise (a wrong key then wins).
     """
     backend = backend_of(connection)
     found: dict[Values, Values] = {}
@@ -71,6 +73,7 @@ def read_locked(
     statements = sql.lock_rows(
         table, identities, shape=backend.lock_shape, columns=columns, lock=lock, seen=shape
     )
+    counted = 0
     for statement, params in statements:
         with snapshot_outdated(connection, table, identities):
             rows = connection.execute(statement, params)
@@ -78,14 +81,19 @@ def read_locked(
                 for row in rows:
                     found[tuple(row[:width])] = tuple(row[width:])
                 continue
-            for row in rows:  # identity, locked, columns (see sql.lock_rows)
-                identity = tuple(row[:width])
-                if row[width]:
+            for row in rows:  # identity, flag, columns (see sql.lock_rows)
+                identity, flag = tuple(row[:width]), row[width]
+                if shape == "union" and flag != -1:
+                    counted += flag  # the rows the plain SELECT saw before the lock
+                elif flag:
                     found[identity] = tuple(row[width + 1 :])
                 else:
                     cast("set[Values]", seen).add(identity)
     if seen is not None and shape == "union":
-        seen.update(found)  # the locked rows were read by the plain SELECT too
+        seen.update(found)  # the locked rows were seen by the plain SELECT too
+        missing = set(identities) - set(found)
+        if missing and counted - len(found) >= len(missing):
+            seen.update(missing)  # every missing one was there before the lock waited
     return found
 
 

@@ -486,10 +486,11 @@ def _seen_and_lock_statement(
     seen: SeenShape,
 ) -> Any:
     """:func:`_lock_statement` that also reads the rows as they were when it started: rows
-    of ``pk``, a flag (locked), then ``columns`` as locked.  ``"cte"``: one row per row
-    seen, the flag false for a row gone while the lock waited (PostgreSQL: both CTEs share
-    the statement's snapshot, and FOR UPDATE re-checks the latest row).  ``"union"``: the
-    plain SELECT runs first (MySQL/MariaDB), its rows flagged 0, then the locked rows."""
+    of ``pk``, a flag, then ``columns`` as locked.  ``"cte"``: one row per row seen, the
+    flag false for a row gone while the lock waited (PostgreSQL: both CTEs share the
+    statement's snapshot, and FOR UPDATE re-checks the latest row).  ``"union"``: the
+    plain SELECT runs first (MySQL/MariaDB) and counts the rows it sees (one row, NULL
+    keys, the count as its flag), then the locked rows, flagged -1."""
     by_shape = _locks.setdefault(table, {})
     slot = (shape, pk, columns, seen)
     if slot in by_shape:
@@ -511,11 +512,16 @@ def _seen_and_lock_statement(
             .order_by(*(before.c[n] for n in names))
         )
     else:
+        # the plain SELECT counts the rows (a row per key would double what travels)
         matched = _lock_match(pk, shape)
         flag = "sa_references_locked"
-        nulls = (null().label(c.name) for c in columns)
-        first = select(*pk, literal(0).label(flag), *nulls).where(matched)
-        last = select(*pk, literal(1).label(flag), *columns).where(matched)
+        first = select(
+            *(null().label(c.name) for c in pk),
+            func.count().label(flag),
+            *(null().label(c.name) for c in columns),
+        )
+        first = first.select_from(table).where(matched)
+        last = select(*pk, literal(-1).label(flag), *columns).where(matched)
         statement = union_all(first, last.order_by(*pk).with_for_update())
     by_shape[slot] = statement
     return statement
