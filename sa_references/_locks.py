@@ -89,10 +89,10 @@ def read_locked(
                     found[identity] = tuple(row[width + 1 :])
                 else:
                     cast("set[Values]", seen).add(identity)
-    if seen is not None and shape == "union":
-        seen.update(found)  # the locked rows were seen by the plain SELECT too
+    if seen is not None and shape is not None:
+        seen.update(found)  # the locked rows were seen before the lock too
         missing = set(identities) - set(found)
-        if missing and counted - len(found) >= len(missing):
+        if shape == "union" and missing and counted - len(found) >= len(missing):
             seen.update(missing)  # every missing one was there before the lock waited
     return found
 
@@ -119,7 +119,7 @@ def snapshot_outdated(
             "deleted by another transaction after this transaction's snapshot (REPEATABLE "
             "READ); roll the transaction back and retry",
             table=table.fullname,
-            keys=sorted(identities, key=repr)[:5],
+            keys=sorted(identities, key=repr),
         ) from error
 
 
@@ -160,12 +160,15 @@ def refuse_missing(
         in_snapshot |= set(read_locked(connection, table, list(missing), lock=False))
     if in_snapshot < missing:
         raise not_found
-    raise ConcurrentMergeError(
-        f"{len(missing)} row(s) of {table.fullname} no longer exist ({_shown(missing)}): "
-        "deleted or merged away by another transaction meanwhile; roll the transaction "
-        "back and retry",
+    why = "deleted or merged away by another transaction meanwhile; roll the transaction back"
+    raise _gone(table, missing, f"{why} and retry")
+
+
+def _gone(table: Any, missing: set[Values], why: str) -> ConcurrentMergeError:
+    return ConcurrentMergeError(
+        f"{len(missing)} row(s) of {table.fullname} no longer exist ({_shown(missing)}): {why}",
         table=table.fullname,
-        keys=sorted(missing, key=repr)[:5],
+        keys=sorted(missing, key=repr),
     )
 
 
@@ -198,13 +201,7 @@ def lock_objects(
         found = read_locked(connection, table, by_table[table], wanted[table])
         missing = set(by_table[table]) - set(found)
         if missing:
-            first = sorted(missing, key=repr)[:5]
-            raise ConcurrentMergeError(
-                f"{len(missing)} row(s) of {table.fullname} no longer exist ({_shown(missing)}): "
-                "deleted or merged away by another transaction",
-                table=table.fullname,
-                keys=first,
-            )
+            raise _gone(table, missing, "deleted or merged away by another transaction")
         values.update({(table, identity): row for identity, row in found.items()})
     read: dict[int, dict[AnyColumn, Any]] = {}
     for obj in objects:
