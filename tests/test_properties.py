@@ -923,6 +923,16 @@ def snapshot(connection: Any, schema: Schema) -> dict[str, list[Values]]:
     return found
 
 
+def _cascades_through_one_unique_key(changed: list[tuple[MKey, Row, Row]]) -> bool:
+    """Whether two keys carry the rename into one row, and a unique key holds both."""
+    for first, (fk, _, row) in enumerate(changed):
+        for other, _, again in changed[first + 1 :]:
+            spanned = set(fk.cols) | set(other.cols)
+            if again is row and any(spanned <= set(u) for u in fk.uniques):
+                return True
+    return False
+
+
 def rename_meanwhile(engine: Engine, model: Model, step: Step, data: Any) -> bool:
     """Another connection renames the ``code`` of the first pair's source or target and
     commits, after the session loaded its objects (and, on MariaDB, after the transaction
@@ -944,6 +954,10 @@ def rename_meanwhile(engine: Engine, model: Model, step: Step, data: Any) -> boo
                         return False  # the database refuses the rename
                     changed.append((fk, dict(row), row))
                     row[fk.cols[0]] = new
+    if engine.dialect.name == "mysql" and _cascades_through_one_unique_key(changed):
+        # InnoDB refuses to cascade a rename into a row through two keys that a unique
+        # key of that row spans together (error 1452): the rename does not happen
+        return False
     for fk, before, after in changed:
         for dep in model.dependents(fk.table):
             if not set(dep.ref_cols) & set(fk.cols):
